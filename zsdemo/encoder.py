@@ -1,0 +1,248 @@
+"""Load an open_clip backbone (clear errors when weights are missing) and encode sketches and photos."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import open_clip
+import torch
+from PIL import Image
+
+from zsdemo.errors import WeightsUnavailableError, ZsdemoError
+from zsdemo.preprocess import PREPROCESS_VERSION, Transform, clean_sketch, load_photo
+from zsdemo.prompts import PromptedViT, PromptSpec, check_compatible, read_checkpoint
+
+log = logging.getLogger(__name__)
+
+RANDOM_WEIGHTS = ("none", "random", "")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
+@dataclass
+class EncoderConfig:
+    """Which backbone, which weights, which prompts, and how to run the query path.
+
+    Every field can come from the environment (ZSDEMO_MODEL, ZSDEMO_PRETRAINED, ZSDEMO_PROMPTS,
+    ZSDEMO_QUERY_PRECISION) so a Hugging Face Space is configured without code changes.
+    """
+
+    model: str = "ViT-B-32-quickgelu"
+    pretrained: str = "openai"  # open_clip tag, a local weights file, or "none" for random weights
+    prompts: str | None = None  # prompt checkpoint (.safetensors) from train/fit.py
+    query_precision: str = "fp32"  # fp32 | bf16 | int8: precision of sketch encoding only
+    batch_size: int = 32
+    device: str = "cpu"
+    spec: PromptSpec = field(default_factory=lambda: PromptSpec(n_prompts=0))  # used when no checkpoint is given
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> EncoderConfig:
+        cfg = cls()
+        env = {
+            "model": os.environ.get("ZSDEMO_MODEL"),
+            "pretrained": os.environ.get("ZSDEMO_PRETRAINED"),
+            "prompts": os.environ.get("ZSDEMO_PROMPTS"),
+            "query_precision": os.environ.get("ZSDEMO_QUERY_PRECISION"),
+        }
+        values = {k: v for k, v in env.items() if v}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return replace(cfg, **values)
+
+
+def _weights_help(model_name: str, tag: str) -> str:
+    repo = ""
+    try:
+        repo = open_clip.get_pretrained_cfg(model_name, tag).get("hf_hub", "").rstrip("/")
+    except Exception:  # unknown tags are reported by the caller
+        pass
+    hub_cache = os.environ.get("HF_HUB_CACHE") or os.path.join(
+        os.environ.get("HF_HOME", os.path.expanduser("~/.cache/huggingface")), "hub")
+    steps = [
+        f"Could not load the '{tag}' weights for {model_name}: they are not in the Hugging Face cache "
+        f"({hub_cache}) and could not be downloaded.",
+        "Do one of these:",
+    ]
+    if repo:
+        steps.append(f"  - on a machine with internet: `huggingface-cli download {repo} open_clip_model.safetensors` "
+                     "(then copy the cache, or set HF_HOME to it);")
+    steps += [
+        "  - point to a weights file you have: --pretrained /path/to/open_clip_model.safetensors "
+        "(or ZSDEMO_PRETRAINED=/path/...);",
+        "  - for testing only, random weights: --pretrained none (results will be meaningless).",
+    ]
+    return "\n".join(steps)
+
+
+def pretrained_identity(pretrained: str) -> str:
+    """A stable string naming the weights, for cache fingerprints."""
+    if pretrained.lower() in RANDOM_WEIGHTS:
+        return "random-seed0"
+    path = Path(pretrained)
+    if path.is_file():
+        stat = path.stat()
+        return f"file:{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    return f"tag:{pretrained}"
+
+
+def create_clip(model_name: str, pretrained: str) -> torch.nn.Module:
+    """open_clip model in eval mode, or a WeightsUnavailableError telling the user what to do."""
+    if model_name not in open_clip.list_models():
+        raise ZsdemoError(f"Unknown open_clip model {model_name!r}. Try ViT-B-32-quickgelu (with --pretrained openai).")
+    if pretrained.lower() in RANDOM_WEIGHTS:
+        log.warning("!!! RANDOM WEIGHTS: %s is randomly initialised (seed 0); search results are meaningless. "
+                    "Use only for tests and speed measurements. !!!", model_name)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = open_clip.create_model(model_name, pretrained=None)
+        return model.eval()
+    looks_like_path = pretrained.endswith(WEIGHT_SUFFIXES) or os.sep in pretrained
+    if looks_like_path:
+        if not Path(pretrained).is_file():
+            raise WeightsUnavailableError(f"Weights file {pretrained} not found. Pass an existing "
+                                          ".safetensors/.bin file with --pretrained (or ZSDEMO_PRETRAINED).")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                model = open_clip.create_model(model_name, pretrained=pretrained)
+        except Exception as exc:
+            raise WeightsUnavailableError(
+                f"{pretrained} does not hold weights for {model_name} ({type(exc).__name__}: {str(exc)[:300]})."
+            ) from None
+        return model.eval()
+    tags = open_clip.list_pretrained_tags_by_model(model_name)
+    if pretrained not in tags:
+        raise WeightsUnavailableError(f"{model_name} has no pretrained tag {pretrained!r}. Known tags: "
+                                      f"{', '.join(tags) or 'none'}; or pass a weights file.")
+    try:
+        model = open_clip.create_model(model_name, pretrained=pretrained)
+    except Exception as exc:
+        log.debug("weights load failed", exc_info=exc)
+        raise WeightsUnavailableError(_weights_help(model_name, pretrained)) from None
+    return model.eval()
+
+
+def batched(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+class SketchPhotoEncoder:
+    """CLIP image encoder with learned prompts: sketches and photos in, L2-normalised float32 vectors out."""
+
+    def __init__(self, cfg: EncoderConfig, clip: torch.nn.Module, prompted: PromptedViT,
+                 prompts_sha256: str | None = None) -> None:
+        self.cfg = cfg
+        self.clip = clip
+        self.prompted = prompted.eval()
+        self.prompts_sha256 = prompts_sha256
+        pp = open_clip.get_model_preprocess_cfg(clip)
+        self.image_size = int(pp["size"] if isinstance(pp["size"], int) else pp["size"][0])
+        self.transform: Transform = open_clip.image_transform(
+            self.image_size, is_train=False, mean=pp.get("mean"), std=pp.get("std"),
+            interpolation=pp.get("interpolation"), resize_mode=pp.get("resize_mode"))
+        self.embed_dim = int(clip.visual.output_dim)
+        self._query_model = self._make_query_model(cfg.query_precision)
+
+    # ---- construction -------------------------------------------------------------------
+    @classmethod
+    def load(cls, cfg: EncoderConfig) -> SketchPhotoEncoder:
+        ckpt = read_checkpoint(cfg.prompts) if cfg.prompts else None
+        clip = create_clip(cfg.model, cfg.pretrained)
+        spec = ckpt.spec if ckpt else cfg.spec
+        prompted = PromptedViT(clip.visual, spec)
+        if ckpt:
+            check_compatible(ckpt, cfg.model, prompted.width, prompted.n_layers)
+            prompted.load_learned_state(ckpt.state)
+            if ckpt.meta.get("pretrained") != cfg.pretrained:
+                log.warning("Prompts in %s were trained on %r weights; the backbone loaded %r.",
+                            ckpt.path.name, ckpt.meta.get("pretrained"), cfg.pretrained)
+            log.info("Loaded prompts from %s (%s)", ckpt.path, ckpt.spec)
+        prompted.to(cfg.device)
+        return cls(cfg, clip.to(cfg.device), prompted, ckpt.sha256 if ckpt else None)
+
+    def _make_query_model(self, precision: str) -> torch.nn.Module:
+        if precision in ("fp32", "bf16"):
+            return self.prompted
+        if precision == "int8":
+            from torch.ao.quantization import quantize_dynamic
+
+            return quantize_dynamic(copy.deepcopy(self.prompted), {torch.nn.Linear}, dtype=torch.qint8)
+        raise ZsdemoError(f"query_precision must be fp32, bf16 or int8, not {precision!r}.")
+
+    # ---- identity -----------------------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        """What is loaded, for the UI, `info` and cache manifests."""
+        return {
+            "model": self.cfg.model,
+            "pretrained": self.cfg.pretrained,
+            "prompts": str(self.cfg.prompts) if self.cfg.prompts else None,
+            "prompts_sha256": self.prompts_sha256,
+            "spec": self.prompted.spec.__dict__,
+            "preprocess_version": PREPROCESS_VERSION,
+            "image_size": self.image_size,
+            "embed_dim": self.embed_dim,
+        }
+
+    def fingerprint(self) -> str:
+        """Changes whenever photo embeddings would change: backbone, weights, prompts, preprocessing."""
+        key = {
+            "model": self.cfg.model,
+            "weights": pretrained_identity(self.cfg.pretrained),
+            "prompts": self.prompts_sha256,
+            "spec": self.prompted.spec.__dict__,
+            "preprocess": PREPROCESS_VERSION,
+            "image_size": self.image_size,
+        }
+        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+    # ---- encoding -----------------------------------------------------------------------
+    @torch.inference_mode()
+    def encode_tensor(self, images: torch.Tensor, modality: str, precision: str = "fp32") -> torch.Tensor:
+        """Normalised image batch -> (B, D) L2-normalised float32 embeddings."""
+        images = images.to(self.cfg.device)
+        model = self._query_model if precision == self.cfg.query_precision else self.prompted
+        if precision == "bf16":
+            with torch.autocast(device_type=images.device.type, dtype=torch.bfloat16):
+                return model(images, modality).float()
+        return model(images, modality)
+
+    def _encode(self, images: Sequence[Image.Image], modality: str, precision: str) -> np.ndarray:
+        out = [self.encode_tensor(torch.stack([self.transform(im) for im in chunk]), modality, precision)
+               for chunk in batched(images, self.cfg.batch_size)]
+        if not out:
+            return np.zeros((0, self.embed_dim), dtype=np.float32)
+        return torch.cat(out).cpu().numpy().astype(np.float32)
+
+    def sketch_tensor(self, sketch: Any) -> torch.Tensor:
+        return self.transform(clean_sketch(sketch))
+
+    def encode_sketches(self, sketches: Sequence[Any]) -> np.ndarray:
+        """Sketches in any accepted form (see preprocess.sketch_to_image) -> (N, D). Uses query_precision."""
+        return self._encode([clean_sketch(s) for s in sketches], "sketch", self.cfg.query_precision)
+
+    def encode_photos(self, photos: Sequence[Image.Image | str | os.PathLike]) -> np.ndarray:
+        """Photos (PIL images or files) -> (N, D), always fp32 so gallery caches are precision-independent."""
+        return self._encode([load_photo(p) for p in photos], "photo", "fp32")
+
+    def encode_query_photo(self, photo: Image.Image | str | os.PathLike) -> np.ndarray:
+        """A photo used as a query (photo-to-photo search)."""
+        return self._encode([load_photo(photo)], "photo", "fp32")[0]
+
+    @torch.inference_mode()
+    def encode_text(self, texts: Sequence[str]) -> np.ndarray:
+        tokenizer = open_clip.get_tokenizer(self.cfg.model)
+        feats = self.clip.encode_text(tokenizer(list(texts)).to(self.cfg.device), normalize=True)
+        return feats.float().cpu().numpy()
+
+
+def load_encoder(cfg: EncoderConfig | None = None) -> SketchPhotoEncoder:
+    return SketchPhotoEncoder.load(cfg or EncoderConfig.from_env())

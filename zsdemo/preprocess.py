@@ -1,0 +1,205 @@
+"""Turn whatever a user gives us into clean RGB images, and clean images into model tensors.
+
+One policy, used by the app, the gallery indexer and training alike:
+- photos: EXIF orientation applied, flattened onto white, RGB; the model transform then resizes the
+  shorter side to the model's input size (bicubic) and centre-crops (CLIP's own eval transform);
+- sketches: flattened onto white, inverted if drawn light-on-dark, cropped to the ink with a margin
+  and padded to a white square, so the same drawing gives the same embedding wherever it sits on
+  the canvas and whatever the canvas size.
+Bump PREPROCESS_VERSION whenever the output of these functions changes: it is part of the gallery
+cache fingerprint, so stale caches get rebuilt.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from zsdemo.errors import EmptySketchError, ImageError
+
+PREPROCESS_VERSION = "1"
+
+PHOTO_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """Refuse inputs that would take too much memory to decode (decompression bombs)."""
+
+    max_pixels: int = 40_000_000  # ~ 7700 x 5200; a 40 MP photo decodes to ~120 MB of RGB
+    max_file_bytes: int = 50 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class SketchPolicy:
+    ink_threshold: int = 200  # grey level below which a pixel counts as ink (0 = black)
+    min_ink_pixels: int = 12  # fewer than this many ink pixels = an empty canvas
+    min_ink_fraction: float = 5e-5  # ... or fewer than this fraction of the canvas
+    margin: float = 0.08  # white margin around the ink, as a fraction of the ink box's long side
+
+
+DEFAULT_LIMITS = ImageLimits()
+DEFAULT_SKETCH_POLICY = SketchPolicy()
+
+
+def open_image(source: str | os.PathLike | bytes | io.IOBase, limits: ImageLimits = DEFAULT_LIMITS) -> Image.Image:
+    """Open an image file safely: size limits checked before decoding, EXIF orientation applied.
+
+    Returns a fully loaded PIL image (any mode). Raises ImageError with a readable message.
+    """
+    name = "the image"
+    try:
+        if isinstance(source, (str, os.PathLike)):
+            path = Path(source)
+            name = path.name
+            if not path.is_file():
+                raise ImageError(f"{name}: file not found.")
+            if path.stat().st_size > limits.max_file_bytes:
+                raise ImageError(
+                    f"{name} is {path.stat().st_size / 2**20:.0f} MB; the limit is "
+                    f"{limits.max_file_bytes / 2**20:.0f} MB. Use a smaller file."
+                )
+            fp: Any = path
+        elif isinstance(source, bytes):
+            if len(source) > limits.max_file_bytes:
+                raise ImageError(f"The image is over the {limits.max_file_bytes / 2**20:.0f} MB limit.")
+            fp = io.BytesIO(source)
+        else:
+            fp = source
+        with Image.open(fp) as im:
+            width, height = im.size
+            if width * height > limits.max_pixels:
+                raise ImageError(
+                    f"{name} is {width}x{height} pixels ({width * height / 1e6:.0f} MP); the limit is "
+                    f"{limits.max_pixels / 1e6:.0f} MP. Resize it first."
+                )
+            im.seek(0)  # animated GIF/WebP: the first frame
+            im.load()
+            image = ImageOps.exif_transpose(im) or im
+            if image is im:
+                image = im.copy()
+        return image
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"{name} is too large to decode safely ({exc}).") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise ImageError(f"{name} is not a readable image ({type(exc).__name__}: {exc}).") from None
+
+
+def flatten_to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
+    """Any PIL mode -> RGB. Transparent pixels become `background`; high bit depths are rescaled."""
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if mode.startswith("I;16") or arr.max() > 255 else 255.0
+        if mode == "F" and arr.max() <= 1.0:
+            peak = 1.0
+        image = Image.fromarray(np.clip(arr / peak * 255.0, 0, 255).astype(np.uint8), "L")
+        mode = "L"
+    if mode == "P" and "transparency" in image.info:
+        image, mode = image.convert("RGBA"), "RGBA"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, background + (255,))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    if mode == "RGB":
+        return image
+    return image.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
+
+
+def load_photo(source: str | os.PathLike | bytes | Image.Image, limits: ImageLimits = DEFAULT_LIMITS) -> Image.Image:
+    """A photo file or PIL image -> upright RGB PIL image."""
+    image = source if isinstance(source, Image.Image) else open_image(source, limits)
+    return flatten_to_rgb(image)
+
+
+def _array_to_image(arr: np.ndarray) -> Image.Image:
+    arr = np.asarray(arr)
+    if arr.size == 0:
+        raise EmptySketchError("The sketch is empty: draw something first.")
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8) * 255
+    elif arr.dtype.kind == "f":
+        scale = 255.0 if arr.max(initial=0.0) <= 1.0 else 1.0
+        arr = np.clip(arr * scale, 0, 255).astype(np.uint8)
+    elif arr.dtype == np.uint16:
+        arr = (arr // 257).astype(np.uint8)
+    elif arr.dtype != np.uint8:
+        arr = np.clip(arr, 0, 255).astype(np.uint8)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.ndim == 2:
+        return Image.fromarray(arr, "L")
+    if arr.ndim == 3 and arr.shape[2] in (3, 4):
+        return Image.fromarray(arr, "RGB" if arr.shape[2] == 3 else "RGBA")
+    raise ImageError(f"Unsupported image array shape {arr.shape}: expected HxW, HxWx3 or HxWx4.")
+
+
+def sketch_to_image(value: Any, limits: ImageLimits = DEFAULT_LIMITS) -> Image.Image:
+    """Accept a Gradio Sketchpad value (dict with 'composite'), a PIL image, an array or a path."""
+    if isinstance(value, dict):
+        if value.get("composite") is not None:
+            value = value["composite"]
+        else:
+            layers = [layer for layer in value.get("layers") or [] if layer is not None]
+            value = value.get("background") if not layers else layers[-1]
+        if value is None:
+            raise EmptySketchError("The canvas is empty: pick the brush and draw something.")
+    if value is None:
+        raise EmptySketchError("The canvas is empty: pick the brush and draw something.")
+    if isinstance(value, Image.Image):
+        return value
+    if isinstance(value, np.ndarray):
+        return _array_to_image(value)
+    if isinstance(value, (str, os.PathLike, bytes)):
+        return open_image(value, limits)
+    raise ImageError(f"Cannot read a sketch from a {type(value).__name__}.")
+
+
+def clean_sketch(value: Any, policy: SketchPolicy = DEFAULT_SKETCH_POLICY) -> Image.Image:
+    """Any sketch input -> dark ink on white, cropped to the ink with a margin, padded to a square RGB image.
+
+    Raises EmptySketchError when there is (almost) no ink.
+    """
+    rgb = flatten_to_rgb(sketch_to_image(value))
+    grey = np.asarray(rgb.convert("L"), dtype=np.uint8)
+    border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
+    if np.median(border) < 128:  # light strokes on a dark board: make it ink on paper
+        grey = 255 - grey
+        rgb = ImageOps.invert(rgb)
+    ink = grey < policy.ink_threshold
+    count = int(ink.sum())
+    if count < max(policy.min_ink_pixels, policy.min_ink_fraction * grey.size):
+        raise EmptySketchError("The canvas is empty: pick the brush and draw something.")
+    rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
+    top, bottom, left, right = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    side = max(bottom - top, right - left)
+    side_with_margin = int(round(side * (1 + 2 * policy.margin))) + 2
+    square = Image.new("RGB", (side_with_margin, side_with_margin), (255, 255, 255))
+    crop = rgb.crop((left, top, right, bottom))
+    square.paste(crop, ((side_with_margin - crop.width) // 2, (side_with_margin - crop.height) // 2))
+    return square
+
+
+def make_thumbnail(image: Image.Image, size: int = 256) -> Image.Image:
+    """RGB thumbnail whose longer side is at most `size` pixels."""
+    thumb = flatten_to_rgb(image).copy()
+    thumb.thumbnail((size, size), Image.Resampling.BICUBIC)
+    return thumb
+
+
+Transform = Callable[[Image.Image], torch.Tensor]
+
+
+def stack(images: list[Image.Image], transform: Transform) -> torch.Tensor:
+    """Clean RGB images -> a normalised batch tensor for the model."""
+    return torch.stack([transform(image) for image in images])
