@@ -7,12 +7,15 @@ import hashlib
 import json
 import logging
 import os
+import socket
+import urllib.parse
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import huggingface_hub
 import numpy as np
 import open_clip
 import torch
@@ -23,6 +26,9 @@ from zsdemo.preprocess import PREPROCESS_VERSION, Transform, clean_sketch, load_
 from zsdemo.prompts import PromptedViT, PromptSpec, check_compatible, read_checkpoint
 
 log = logging.getLogger(__name__)
+
+# A 2-layer, 64-wide ViT for tests and smoke runs: `--model zsdemo-tiny-vit --pretrained none`.
+open_clip.add_model_config(Path(__file__).parent / "model_configs")
 
 RANDOM_WEIGHTS = ("none", "random", "")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
@@ -59,11 +65,8 @@ class EncoderConfig:
 
 
 def _weights_help(model_name: str, tag: str) -> str:
-    repo = ""
-    try:
-        repo = open_clip.get_pretrained_cfg(model_name, tag).get("hf_hub", "").rstrip("/")
-    except Exception:  # unknown tags are reported by the caller
-        pass
+    cfg = open_clip.get_pretrained_cfg(model_name, tag) or {}
+    repo = cfg.get("hf_hub", "").rstrip("/")
     hub_cache = os.environ.get("HF_HUB_CACHE") or os.path.join(
         os.environ.get("HF_HOME", os.path.expanduser("~/.cache/huggingface")), "hub")
     steps = [
@@ -122,12 +125,37 @@ def create_clip(model_name: str, pretrained: str) -> torch.nn.Module:
     if pretrained not in tags:
         raise WeightsUnavailableError(f"{model_name} has no pretrained tag {pretrained!r}. Known tags: "
                                       f"{', '.join(tags) or 'none'}; or pass a weights file.")
+    cached = cached_weights(model_name, pretrained)
+    if cached is None and (huggingface_hub.constants.HF_HUB_OFFLINE or not hub_reachable()):
+        raise WeightsUnavailableError(_weights_help(model_name, pretrained))
     try:
-        model = open_clip.create_model(model_name, pretrained=pretrained)
+        model = open_clip.create_model(model_name, pretrained=str(cached) if cached else pretrained)
     except Exception as exc:
         log.debug("weights load failed", exc_info=exc)
         raise WeightsUnavailableError(_weights_help(model_name, pretrained)) from None
     return model.eval()
+
+
+def cached_weights(model_name: str, tag: str) -> Path | None:
+    """The tag's weights file if it is already in the Hugging Face cache (no network)."""
+    repo = (open_clip.get_pretrained_cfg(model_name, tag) or {}).get("hf_hub", "").rstrip("/")
+    if not repo:
+        return None
+    for filename in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
+        found = huggingface_hub.try_to_load_from_cache(repo, filename)
+        if isinstance(found, str):
+            return Path(found)
+    return None
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Fail fast offline instead of sitting through the hub client's retries (about 45 s)."""
+    host = urllib.parse.urlparse(huggingface_hub.constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 def batched(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:

@@ -84,7 +84,7 @@ class PromptedViT(nn.Module):
     def forward(self, images: torch.Tensor, modality: str) -> torch.Tensor:
         """Images (B,3,H,W), normalised -> L2-normalised embeddings (B, D)."""
         branch = self.spec.branch_for(modality)
-        prompt = self.prompts[branch] if branch in self.prompts else None
+        prompt = self.prompts.get(branch)
         if branch in self.layernorms:
             overrides = {f"visual.{key.replace('__', '.')}": value for key, value in self.layernorms[branch].items()}
             runner = _PromptedRunner(self.visual, self.spec.deep)
@@ -196,7 +196,7 @@ def read_checkpoint(path: str | Path) -> PromptCheckpoint:
     try:
         with safe_open(str(path), framework="pt") as handle:
             meta = dict(handle.metadata() or {})
-            state = {key: handle.get_tensor(key) for key in handle.keys()}
+            state = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (safe_open is not iterable)
     except Exception as exc:  # safetensors raises several types for corrupt headers
         raise CheckpointError(f"{path} is not a readable prompt checkpoint ({type(exc).__name__}: {exc}).") from None
     if meta.get("format") != CHECKPOINT_FORMAT:

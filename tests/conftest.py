@@ -1,0 +1,34 @@
+"""Shared fixtures: everything offline, on the CPU, with the tiny 2-layer ViT or random ViT-B/32."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from PIL import Image, ImageDraw
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+TINY_MODEL = "zsdemo-tiny-vit"  # zsdemo/model_configs/zsdemo-tiny-vit.json
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder():
+    from zsdemo.encoder import EncoderConfig, SketchPhotoEncoder
+
+    return SketchPhotoEncoder.load(EncoderConfig(model=TINY_MODEL, pretrained="none"))
+
+
+def draw_sketch(size: int = 256, shape: str = "line", offset: int = 0) -> Image.Image:
+    """Black strokes on white, like the app's canvas."""
+    image = Image.new("RGB", (size, size), "white")
+    draw = ImageDraw.Draw(image)
+    o = offset
+    if shape == "line":
+        draw.line((30 + o, 30 + o, 150 + o, 200 + o), fill="black", width=6)
+    elif shape == "circle":
+        draw.ellipse((40 + o, 40 + o, 160 + o, 160 + o), outline="black", width=6)
+    elif shape == "box":
+        draw.rectangle((50 + o, 60 + o, 180 + o, 140 + o), outline="black", width=6)
+    return image
