@@ -255,15 +255,15 @@ class SketchPhotoEncoder:
 
     def encode_sketches(self, sketches: Sequence[Any]) -> np.ndarray:
         """Sketches in any accepted form (see preprocess.sketch_to_image) -> (N, D). Uses query_precision."""
-        return self._encode([clean_sketch(s) for s in sketches], "sketch", self.cfg.query_precision)
+        return self.encode_clean_sketches([clean_sketch(s) for s in sketches])
+
+    def encode_clean_sketches(self, sketches: Sequence[Image.Image]) -> np.ndarray:
+        """Sketches already passed through preprocess.clean_sketch -> (N, D)."""
+        return self._encode(sketches, "sketch", self.cfg.query_precision)
 
     def encode_photos(self, photos: Sequence[Image.Image | str | os.PathLike]) -> np.ndarray:
         """Photos (PIL images or files) -> (N, D), always fp32 so gallery caches are precision-independent."""
         return self._encode([load_photo(p) for p in photos], "photo", "fp32")
-
-    def encode_query_photo(self, photo: Image.Image | str | os.PathLike) -> np.ndarray:
-        """A photo used as a query (photo-to-photo search)."""
-        return self._encode([load_photo(photo)], "photo", "fp32")[0]
 
     @torch.inference_mode()
     def encode_text(self, texts: Sequence[str]) -> np.ndarray:
