@@ -158,6 +158,31 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
+def compute_fingerprint(model: str, pretrained: str, prompts_sha256: str | None, spec: PromptSpec,
+                        image_size: int) -> str:
+    key = {
+        "model": model,
+        "weights": pretrained_identity(pretrained),
+        "prompts": prompts_sha256,
+        "spec": spec.__dict__,
+        "preprocess": PREPROCESS_VERSION,
+        "image_size": image_size,
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def fingerprint_without_loading(cfg: EncoderConfig) -> str:
+    """The fingerprint an encoder built from `cfg` would have, without loading any weights."""
+    ckpt = read_checkpoint(cfg.prompts) if cfg.prompts else None
+    model_cfg = open_clip.get_model_config(cfg.model)
+    if model_cfg is None:
+        raise ZsdemoError(f"Unknown open_clip model {cfg.model!r}.")
+    size = model_cfg["vision_cfg"]["image_size"]
+    size = int(size if isinstance(size, int) else size[0])
+    return compute_fingerprint(cfg.model, cfg.pretrained, ckpt.sha256 if ckpt else None,
+                               ckpt.spec if ckpt else cfg.spec, size)
+
+
 def batched(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
@@ -211,8 +236,9 @@ class SketchPhotoEncoder:
         """What is loaded, for the UI, `info` and cache manifests."""
         return {
             "model": self.cfg.model,
-            "pretrained": self.cfg.pretrained,
-            "prompts": str(self.cfg.prompts) if self.cfg.prompts else None,
+            "pretrained": str(Path(self.cfg.pretrained).resolve()) if Path(self.cfg.pretrained).is_file()
+            else self.cfg.pretrained,
+            "prompts": str(Path(self.cfg.prompts).resolve()) if self.cfg.prompts else None,
             "prompts_sha256": self.prompts_sha256,
             "spec": self.prompted.spec.__dict__,
             "preprocess_version": PREPROCESS_VERSION,
@@ -222,15 +248,8 @@ class SketchPhotoEncoder:
 
     def fingerprint(self) -> str:
         """Changes whenever photo embeddings would change: backbone, weights, prompts, preprocessing."""
-        key = {
-            "model": self.cfg.model,
-            "weights": pretrained_identity(self.cfg.pretrained),
-            "prompts": self.prompts_sha256,
-            "spec": self.prompted.spec.__dict__,
-            "preprocess": PREPROCESS_VERSION,
-            "image_size": self.image_size,
-        }
-        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+        return compute_fingerprint(self.cfg.model, self.cfg.pretrained, self.prompts_sha256, self.prompted.spec,
+                                   self.image_size)
 
     # ---- encoding -----------------------------------------------------------------------
     @torch.inference_mode()

@@ -1,0 +1,5 @@
+import sys
+
+from zsdemo.cli import main
+
+sys.exit(main())
