@@ -1,0 +1,250 @@
+"""The gallery cache on disk: build, reuse, incremental update, staleness, interrupted builds, Annoy vs exact."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from zsdemo.encoder import EncoderConfig, SketchPhotoEncoder
+from zsdemo.engine import SearchEngine, blend
+from zsdemo.errors import CacheError, EmptySketchError
+from zsdemo.gallery import Gallery, read_generation
+from zsdemo.index import IndexConfig
+from zsdemo.prompts import PromptedViT, PromptSpec, save_checkpoint
+
+
+class CountingEncoder:
+    """Wraps the real tiny encoder and counts how many photos it was asked to encode."""
+
+    def __init__(self, inner: SketchPhotoEncoder) -> None:
+        self.inner = inner
+        self.embed_dim = inner.embed_dim
+        self.cfg = inner.cfg
+        self.encoded = 0
+
+    def fingerprint(self) -> str:
+        return self.inner.fingerprint()
+
+    def describe(self) -> dict:
+        return self.inner.describe()
+
+    def encode_photos(self, photos):
+        self.encoded += len(photos)
+        return self.inner.encode_photos(photos)
+
+
+def make_photos(folder: Path, n: int, start: int = 0) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(start)
+    paths = []
+    for i in range(start, start + n):
+        image = Image.new("RGB", (96, 72), tuple(int(c) for c in rng.integers(0, 255, 3)))
+        ImageDraw.Draw(image).ellipse((10 + i % 20, 10, 60, 60), fill=tuple(int(c) for c in rng.integers(0, 255, 3)))
+        path = folder / f"photo_{i:03d}.{['jpg', 'png', 'webp', 'bmp'][i % 4]}"
+        image.save(path)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture()
+def encoder(tiny_encoder):
+    return CountingEncoder(tiny_encoder)
+
+
+def test_build_then_reuse_then_incremental(tmp_path, encoder):
+    photos = tmp_path / "photos"
+    make_photos(photos / "a", 6)
+    make_photos(photos / "b" / "deep", 4, start=6)
+    gallery, report = Gallery.build([photos], tmp_path / "cache", encoder)
+    assert (report.total, report.added, encoder.encoded) == (10, 10, 10)
+    assert {e["name"] for e in gallery.entries} >= {"a/photo_000.jpg", "b/deep/photo_009.png"}
+    assert all(Path(gallery.thumbs_dir / e["thumb"]).is_file() for e in gallery.entries)
+    generation = gallery.generation_dir
+
+    # nothing changed: nothing encoded, nothing rewritten
+    again, report = Gallery.build([photos], tmp_path / "cache", encoder)
+    assert (report.added, report.reused, encoder.encoded) == (0, 10, 10)
+    assert again.generation_dir == generation
+
+    # two added, one removed, one modified: only three encoded
+    make_photos(photos / "a", 2, start=20)
+    (photos / "a" / "photo_000.jpg").unlink()
+    modified = photos / "a" / "photo_001.png"
+    Image.new("RGB", (50, 50), "purple").save(modified)
+    os.utime(modified, ns=(1, 10**18))
+    updated, report = Gallery.build([photos], tmp_path / "cache", encoder)
+    assert (report.total, report.added, report.removed, report.reused) == (11, 3, 1, 8)
+    assert encoder.encoded == 13
+    assert not generation.exists(), "old generations are cleaned up"
+    assert len(list(gallery.thumbs_dir.iterdir())) == 11, "unreferenced thumbnails are removed"
+
+
+def test_embeddings_match_a_fresh_encoding(tmp_path, tiny_encoder):
+    paths = make_photos(tmp_path / "p", 5)
+    gallery, _ = Gallery.build([tmp_path / "p"], tmp_path / "c", tiny_encoder)
+    by_path = {e["path"]: gallery.embeddings[i] for i, e in enumerate(gallery.entries)}
+    fresh = tiny_encoder.encode_photos(paths)
+    for path, vector in zip(paths, fresh, strict=True):
+        assert np.allclose(by_path[str(path.resolve())], vector, atol=1e-5)
+
+
+def test_photo_query_returns_itself_first(tmp_path, tiny_encoder):
+    paths = make_photos(tmp_path / "p", 8)
+    gallery, _ = Gallery.build([tmp_path / "p"], tmp_path / "c", tiny_encoder)
+    result = SearchEngine(tiny_encoder, gallery).search_photo(paths[3], k=3)
+    assert result.hits[0].photo == paths[3].resolve()
+    assert result.hits[0].score == pytest.approx(1.0, abs=1e-4)
+    assert result.hits[0].score >= result.hits[1].score >= result.hits[2].score
+
+
+def test_unreadable_files_are_skipped_and_listed(tmp_path, tiny_encoder):
+    make_photos(tmp_path / "p", 3)
+    (tmp_path / "p" / "broken.jpg").write_bytes(b"not a jpeg")
+    (tmp_path / "p" / "notes.txt").write_text("ignored: not an image extension")
+    gallery, report = Gallery.build([tmp_path / "p"], tmp_path / "c", tiny_encoder)
+    assert len(gallery) == 3
+    assert [Path(p).name for p, _ in report.skipped] == ["broken.jpg"]
+    assert "broken.jpg" in report.summary()
+
+
+def test_stale_cache_is_detected_and_rebuilt(tmp_path, tiny_encoder):
+    make_photos(tmp_path / "p", 4)
+    Gallery.build([tmp_path / "p"], tmp_path / "c", tiny_encoder)
+    prompts = save_checkpoint(tmp_path / "prompts.safetensors", PromptedViT(tiny_encoder.clip.visual, PromptSpec(3)),
+                              "zsdemo-tiny-vit", "none", "1")
+    prompted = CountingEncoder(SketchPhotoEncoder.load(
+        EncoderConfig(model="zsdemo-tiny-vit", pretrained="none", prompts=str(prompts))))
+    with pytest.raises(CacheError, match="stale"):
+        Gallery.open(tmp_path / "c", prompted)
+    gallery, report = Gallery.build([tmp_path / "p"], tmp_path / "c", prompted)
+    assert report.added == 4 and prompted.encoded == 4
+    assert Gallery.open(tmp_path / "c", prompted).manifest["fingerprint"] == prompted.fingerprint()
+
+
+def test_interrupted_build_keeps_the_previous_cache(tmp_path, tiny_encoder, monkeypatch):
+    make_photos(tmp_path / "p", 4)
+    first, _ = Gallery.build([tmp_path / "p"], tmp_path / "c", tiny_encoder)
+    make_photos(tmp_path / "p", 3, start=10)
+
+    import zsdemo.gallery as gallery_module
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("killed while writing the index")
+
+    monkeypatch.setattr(gallery_module, "build_annoy", crash)
+    with pytest.raises(KeyboardInterrupt):
+        Gallery.build([tmp_path / "p"], tmp_path / "c", tiny_encoder)
+    monkeypatch.undo()
+    survivor = Gallery.open(tmp_path / "c", tiny_encoder)
+    assert len(survivor) == 4 and survivor.generation_dir == first.generation_dir
+    # the next build finishes the job and removes the half-written generation
+    done, report = Gallery.build([tmp_path / "p"], tmp_path / "c", tiny_encoder)
+    assert len(done) == 7 and len(list((tmp_path / "c").glob("gen-*"))) == 1
+
+
+def test_interrupted_first_build_leaves_no_valid_cache(tmp_path, tiny_encoder, monkeypatch):
+    make_photos(tmp_path / "p", 2)
+    import zsdemo.gallery as gallery_module
+
+    monkeypatch.setattr(gallery_module, "build_annoy", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError):
+        Gallery.build([tmp_path / "p"], tmp_path / "c", tiny_encoder)
+    with pytest.raises(CacheError, match="No gallery cache"):
+        Gallery.open(tmp_path / "c", tiny_encoder)
+
+
+@pytest.mark.parametrize("damage", ["manifest", "embeddings", "index", "pointer"])
+def test_damaged_cache_is_refused_then_rebuilt(tmp_path, tiny_encoder, damage):
+    make_photos(tmp_path / "p", 3)
+    gallery, _ = Gallery.build([tmp_path / "p"], tmp_path / "c", tiny_encoder)
+    gen = gallery.generation_dir
+    if damage == "manifest":
+        (gen / "manifest.json").write_text('{"version": 1, "entries": [')
+    elif damage == "embeddings":
+        np.save(gen / "embeddings.npy", np.zeros((2, 32), np.float32))
+    elif damage == "index":
+        (gen / "index.ann").unlink()
+    else:
+        (tmp_path / "c" / "CURRENT").write_text("gen-does-not-exist")
+    with pytest.raises(CacheError):
+        Gallery.open(tmp_path / "c", tiny_encoder)
+    rebuilt, report = Gallery.build([tmp_path / "p"], tmp_path / "c", tiny_encoder)
+    assert report.added == 3 and len(Gallery.open(tmp_path / "c", tiny_encoder)) == 3
+
+
+def test_annoy_backend_agrees_with_exact_on_a_real_cache(tmp_path, tiny_encoder):
+    make_photos(tmp_path / "p", 40)
+    exact, _ = Gallery.build([tmp_path / "p"], tmp_path / "c", tiny_encoder)
+    annoy = Gallery.open(tmp_path / "c", tiny_encoder, IndexConfig(annoy_threshold=10))
+    assert exact.backend == "exact" and annoy.backend == "annoy"
+    for row in range(0, 40, 7):
+        q = exact.embeddings[row]
+        e, a = exact.search(q, 5), annoy.search(q, 5)
+        assert e[0].photo == a[0].photo
+        assert [h.score for h in a] == pytest.approx([h.score for h in e], abs=1e-4)
+
+
+def test_add_photos_copies_into_uploads_and_persists(tmp_path, tiny_encoder):
+    make_photos(tmp_path / "p", 3)
+    gallery, _ = Gallery.build([tmp_path / "p"], tmp_path / "c", tiny_encoder)
+    new = make_photos(tmp_path / "incoming", 2, start=50)
+    junk = tmp_path / "incoming" / "evil.png"
+    junk.write_text("<script>")
+    updated, report = gallery.add_photos([*new, junk], tiny_encoder)
+    assert len(updated) == 5 and len(gallery) == 3, "the old object stays valid for readers"
+    assert [name for name, _ in report.skipped] == ["evil.png"]
+    assert len(list(updated.uploads_dir.iterdir())) == 2
+    shutil.rmtree(tmp_path / "incoming")  # the originals may go away: the copies persist
+    reopened, report = Gallery.build([tmp_path / "p"], tmp_path / "c", tiny_encoder)
+    assert len(reopened) == 5 and report.added == 0
+    hit = SearchEngine(tiny_encoder, reopened).search_photo(updated.uploads_dir / sorted(
+        p.name for p in updated.uploads_dir.iterdir())[0], k=1).hits[0]
+    assert hit.photo.parent == updated.uploads_dir.resolve() and hit.score == pytest.approx(1.0, abs=1e-4)
+
+
+def test_manifest_records_files_model_and_index(tmp_path, tiny_encoder):
+    make_photos(tmp_path / "p", 2)
+    Gallery.build([tmp_path / "p"], tmp_path / "c", tiny_encoder)
+    manifest, embeddings = read_generation(tmp_path / "c")
+    assert manifest["encoder"]["model"] == "zsdemo-tiny-vit" and manifest["metric"] == "angular"
+    assert manifest["fingerprint"] == tiny_encoder.fingerprint()
+    assert {"path", "size", "mtime_ns", "thumb", "name"} <= set(manifest["entries"][0])
+    assert embeddings.shape == (2, 32)
+    json.dumps(manifest)
+
+
+def test_missing_gallery_folder_is_a_clear_error(tmp_path, tiny_encoder):
+    with pytest.raises(CacheError, match="does not exist"):
+        Gallery.build([tmp_path / "nope"], tmp_path / "c", tiny_encoder)
+
+
+def test_sketch_search_and_text_blend(tmp_path, tiny_encoder):
+    from conftest import draw_sketch
+
+    make_photos(tmp_path / "p", 6)
+    gallery, _ = Gallery.build([tmp_path / "p"], tmp_path / "c", tiny_encoder)
+    engine = SearchEngine(tiny_encoder, gallery)
+    sketch = {"background": None, "layers": [], "composite": np.asarray(draw_sketch(300, "circle"))}
+    plain = engine.search_sketch(sketch, k=6)
+    assert len(plain.hits) == 6 and plain.preview.width == plain.preview.height
+    off = engine.search_sketch(sketch, k=6, text="red", text_weight=0.0)
+    assert [(h.photo, h.score) for h in off.hits] == [(h.photo, h.score) for h in plain.hits]
+    on = engine.search_sketch(sketch, k=6, text="red", text_weight=0.9)
+    assert [h.score for h in on.hits] != [h.score for h in plain.hits]
+    with pytest.raises(EmptySketchError):
+        engine.search_sketch({"background": None, "layers": [], "composite": None})
+
+
+def test_blend_is_normalised_and_identity_at_zero():
+    rng = np.random.default_rng(0)
+    s, t = (v / np.linalg.norm(v) for v in rng.normal(size=(2, 16)).astype(np.float32))
+    assert blend(s, t, 0.0) is s and blend(s, None, 0.5) is s
+    mixed = blend(s, t, 0.5)
+    assert np.linalg.norm(mixed) == pytest.approx(1.0, abs=1e-6)
+    assert mixed @ t > s @ t
