@@ -1,0 +1,140 @@
+"""A launched app on 127.0.0.1 driven through gradio_client: the real HTTP, queue, upload and file paths."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from gradio_client import Client, handle_file
+from PIL import Image, ImageDraw
+
+import app
+from tests.conftest import TINY_MODEL, draw_sketch
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def served(tiny_encoder, tmp_path_factory):
+    root = tmp_path_factory.mktemp("served")
+    config = app.AppConfig(cache=str(root / "cache"), model=TINY_MODEL, pretrained="none", max_upload_mb=2)
+    backend = app.Backend(config, encoder=tiny_encoder)
+    backend.prepare()
+    assert backend.ready, backend.status
+    demo = app.build_demo(backend)
+    kwargs = {**app.launch_kwargs(config), "server_name": "127.0.0.1", "server_port": None}
+    _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, **kwargs)
+    try:
+        yield backend, url, root
+    finally:
+        demo.close()
+
+
+@pytest.fixture(scope="module")
+def client(served):
+    return Client(served[1], verbose=False, download_files=str(served[2] / "downloads"))
+
+
+def sketch_file(directory: Path, name: str, **kw) -> str:
+    path = directory / f"{name}.png"
+    draw_sketch(**kw).save(path)
+    return str(path)
+
+
+def pad(path: str | None) -> dict:
+    return {"background": None, "layers": [], "composite": handle_file(path) if path else None}
+
+
+def test_api_exposes_search(client):
+    api = client.view_api(return_format="dict", print_info=False)
+    assert "/search" in api["named_endpoints"] and "/add_photos" in api["named_endpoints"]
+    params = [p["parameter_name"] for p in api["named_endpoints"]["/search"]["parameters"]]
+    assert params == ["sketch", "k", "text", "text_weight"]
+
+
+def test_search_endpoint_returns_ranked_results(served, client, tmp_path):
+    backend = served[0]
+    path = sketch_file(tmp_path, "circle", shape="circle")
+    gallery, preview, status = client.predict(pad(path), api_name="/search")
+    assert len(gallery) == backend.config.default_k
+    scores = [float(item["caption"].split(" · ")[0]) for item in gallery]
+    assert scores == sorted(scores, reverse=True)
+    expected = backend.search(path, backend.config.default_k)[3]
+    assert [item["caption"] for item in gallery] == [f"{h['score']:.3f} · {h['name']}" for h in expected]
+    for item in gallery:  # the thumbnails really came over HTTP
+        with Image.open(item["image"]) as thumb:
+            assert max(thumb.size) <= 256
+    with Image.open(preview) as view:
+        assert view.width == view.height
+    assert "best of" in status
+    gallery, _, _ = client.predict(pad(path), 3, api_name="/search")
+    assert len(gallery) == 3
+
+
+def test_empty_sketch_returns_the_hint(client, tmp_path):
+    blank = tmp_path / "blank.png"
+    Image.new("RGB", (448, 448), "white").save(blank)
+    gallery, preview, status = client.predict(pad(str(blank)), api_name="/search")
+    assert gallery == [] and preview is None and status == app.EMPTY_HINT
+    assert client.predict(pad(None), api_name="/search")[2] == app.EMPTY_HINT
+
+
+def test_non_image_and_oversized_uploads_get_clear_messages(client, tmp_path):
+    fake = tmp_path / "fake.png"
+    fake.write_bytes(os.urandom(2000))
+    gallery, _, status = client.predict(handle_file(str(fake)), api_name="/search_upload")
+    assert gallery == [] and status.startswith("⚠️") and "not a readable image" in status
+
+    big = tmp_path / "big.png"  # 3 MB of noise > the 2 MB limit of this app
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (1000, 1000, 3), dtype=np.uint8)).save(big)
+    assert big.stat().st_size > 2 * 2**20
+    with pytest.raises(Exception, match="exceeds the maximum file size"):
+        client.predict(handle_file(str(big)), api_name="/search_upload")
+
+
+def test_concurrent_users_get_their_own_results(served, tmp_path):
+    backend, url, root = served
+    sketches = []
+    for seed in range(6):  # random scribbles: every user draws something different
+        rng = np.random.default_rng(seed)
+        image = Image.new("RGB", (300, 300), "white")
+        ImageDraw.Draw(image).line([tuple(p) for p in rng.integers(10, 290, (6, 2)).tolist()], fill="black", width=5)
+        sketches.append(str(tmp_path / f"user-{seed}.png"))
+        image.save(sketches[-1])
+    expected = [[f"{h['score']:.3f} · {h['name']}" for h in backend.search(p, 6)[3]] for p in sketches]
+    assert len({tuple(e) for e in expected}) == len(expected)  # all different, so a mix-up would show
+    users = [Client(url, verbose=False, download_files=str(root / f"user{i}")) for i in range(3)]
+    jobs = [users[i % 3].submit(pad(p), 6, api_name="/search") for i, p in enumerate(sketches)]
+    results = [job.result(timeout=60) for job in jobs]
+    assert [[item["caption"] for item in r[0]] for r in results] == expected
+
+
+def test_only_thumbnails_are_served(served, client, tmp_path):
+    backend, url, _ = served
+    thumb = next(backend.engine.gallery.thumbs_dir.iterdir())
+    manifest = next(backend.cache_dir.glob("gen-*/manifest.json"))
+    photo = Path(backend.search(sketch_file(tmp_path, "x"), 1)[3][0]["photo"])
+
+    def get(path: Path | str) -> int:
+        return httpx.get(f"{url.rstrip('/')}/gradio_api/file={path}", timeout=10).status_code
+
+    assert get(thumb) == 200
+    for secret in ("/etc/passwd", Path(app.__file__).resolve(), manifest, photo, backend.cache_dir / "CURRENT"):
+        assert get(secret) in (403, 404), secret
+
+
+def test_uploaded_photos_appear_in_results(served, client, tmp_path):
+    backend = served[0]
+    before = len(backend.engine.gallery)
+    path = sketch_file(tmp_path, "query", shape="box", offset=20)
+    _, preview, _ = client.predict(pad(path), api_name="/search")
+    photo = tmp_path / "my-photo.png"
+    Image.open(preview).convert("RGB").save(photo)  # the model's view of the sketch, uploaded as a photo
+    status, info = client.predict([handle_file(str(photo))], api_name="/add_photos")
+    assert status.startswith("Added 1 photo;") and f"{before + 1} photos" in info
+    gallery, _, _ = client.predict(pad(path), api_name="/search")
+    top = gallery[0]["caption"]
+    assert top.split(" · ")[1].startswith("my-photo") and float(top.split(" · ")[0]) > 0.999
