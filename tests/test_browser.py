@@ -1,0 +1,164 @@
+"""A real browser (Debian's chromium via Playwright) draws on the canvas and watches the results.
+
+Needs `apt-get install chromium` (Playwright's own browser download does not work offline). Without
+it the test is skipped locally and FAILS when CI=true. Screenshots go to test-artifacts/.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import app
+from tests.conftest import TINY_MODEL
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+def ink(value: Any) -> int:
+    composite = value.get("composite") if isinstance(value, dict) else None
+    return 0 if composite is None else int((np.asarray(composite).min(axis=-1) < 128).sum())
+
+
+class Recorder:
+    """Wraps Backend.search: records the ink of every sketch the server searched; can slow searches down."""
+
+    def __init__(self, backend: app.Backend) -> None:
+        self.search = backend.search
+        self.calls: list[int] = []
+        self.delay = 0.0
+        self.lock = threading.Lock()
+
+    def __call__(self, sketch: Any, *args: Any) -> Any:
+        with self.lock:
+            self.calls.append(ink(sketch))
+        time.sleep(self.delay)
+        return self.search(sketch, *args)
+
+
+@pytest.fixture(scope="module")
+def browser_app(tiny_encoder, tmp_path_factory):
+    if not Path(CHROMIUM).is_file():
+        message = f"chromium not found at {CHROMIUM}: apt-get install chromium (or set CHROMIUM_PATH)"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(message)
+        pytest.skip(message)
+    root = tmp_path_factory.mktemp("browser")
+    config = app.AppConfig(cache=str(root / "cache"), model=TINY_MODEL, pretrained="none")
+    backend = app.Backend(config, encoder=tiny_encoder)
+    backend.prepare()
+    recorder = Recorder(backend)
+    backend.search = recorder  # type: ignore[method-assign]  # before build_demo, which binds it
+    demo = app.build_demo(backend)
+    _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True,
+                            **{**app.launch_kwargs(config), "server_name": "127.0.0.1", "server_port": None})
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 1100})
+        page.set_default_timeout(30_000)
+        try:
+            yield page, url, recorder
+        finally:
+            browser.close()
+            demo.close()
+
+
+def captions(page) -> list[str]:
+    return page.eval_on_selector_all("#zs-results .caption-label", "els => els.map(e => e.textContent.trim())")
+
+
+def wait_for(predicate, timeout: float = 20.0, what: str = "condition") -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Canvas:
+    def __init__(self, page) -> None:
+        box = page.locator("#zs-sketch canvas").first.bounding_box()
+        assert box is not None
+        self.page = page
+        self.side = box["height"] * 0.7  # the drawing area is a square centred in the canvas element
+        self.x0 = box["x"] + box["width"] / 2 - self.side / 2
+        self.y0 = box["y"] + box["height"] / 2 - self.side / 2
+
+    def stroke(self, *points: tuple[float, float]) -> None:
+        mouse = self.page.mouse
+        mouse.move(self.x0 + points[0][0] * self.side, self.y0 + points[0][1] * self.side)
+        mouse.down()
+        for x, y in points[1:]:
+            mouse.move(self.x0 + x * self.side, self.y0 + y * self.side, steps=10)
+        mouse.up()
+
+
+def test_drawing_updates_results_after_every_stroke(browser_app):
+    page, url, recorder = browser_app
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.goto(url)
+    page.wait_for_selector("#zs-sketch canvas")
+    assert "First pick the brush" in page.inner_text("#zs-hint")
+    assert captions(page) == []
+    page.get_by_role("button", name="Brush").click()
+    canvas = Canvas(page)
+
+    strokes = [((0.15, 0.2), (0.85, 0.25), (0.8, 0.8)),
+               ((0.2, 0.85), (0.5, 0.3)),
+               ((0.1, 0.5), (0.9, 0.55))]
+    seen: list[list[str]] = []
+    for i, points in enumerate(strokes):
+        calls_before = len(recorder.calls)
+        canvas.stroke(*points)
+        wait_for(lambda before=calls_before: len(recorder.calls) > before, what=f"search call after stroke {i + 1}")
+        wait_for(lambda: captions(page) and captions(page) not in seen, what=f"new results after stroke {i + 1}")
+        page.screenshot(path=str(ARTIFACTS / f"browser-stroke-{i + 1}.png"), full_page=True)
+        seen.append(captions(page))
+        assert len(seen[-1]) == 12 and all(" · " in c for c in seen[-1])
+        assert page.locator("#zs-results img").count() == 12
+        assert "best of" in page.inner_text("#zs-status")
+    # every stroke added ink, and the server saw each sketch in turn
+    assert recorder.calls == sorted(recorder.calls) and len(set(recorder.calls)) == 3 and recorder.calls[0] > 0
+    assert page.locator("#zs-preview img").count() == 1  # what the model sees
+
+    page.locator("#zs-results img").first.click()
+    page.wait_for_selector("#zs-large img")
+    page.screenshot(path=str(ARTIFACTS / "browser-search.png"), full_page=True)
+    assert (ARTIFACTS / "browser-search.png").stat().st_size > 10_000
+
+
+def test_fast_strokes_newest_sketch_wins(browser_app):
+    page, url, recorder = browser_app
+    page.goto(url)
+    page.wait_for_selector("#zs-sketch canvas")
+    page.get_by_role("button", name="Brush").click()
+    canvas = Canvas(page)
+    recorder.calls.clear()
+    recorder.delay = 1.5  # searches slower than the strokes come
+    try:
+        for i in range(5):
+            canvas.stroke((0.1 + 0.15 * i, 0.1), (0.15 + 0.15 * i, 0.9))
+            page.wait_for_timeout(150)
+        wait_for(lambda: "best of" in page.inner_text("#zs-status"), what="results")
+        time.sleep(3 * recorder.delay + 1)  # let any pending call finish
+    finally:
+        recorder.delay = 0.0
+    calls = list(recorder.calls)
+    assert 1 <= len(calls) < 5, calls  # intermediate strokes were dropped...
+    assert calls[-1] == max(calls) and calls == sorted(calls), calls  # ...and the last search saw the whole sketch
+    page.screenshot(path=str(ARTIFACTS / "browser-fast-strokes.png"), full_page=True)
