@@ -162,3 +162,24 @@ def test_fast_strokes_newest_sketch_wins(browser_app):
     assert 1 <= len(calls) < 5, calls  # intermediate strokes were dropped...
     assert calls[-1] == max(calls) and calls == sorted(calls), calls  # ...and the last search saw the whole sketch
     page.screenshot(path=str(ARTIFACTS / "browser-fast-strokes.png"), full_page=True)
+
+
+def test_page_shows_startup_progress_until_ready(browser_app, tiny_encoder, tmp_path):
+    """Before the gallery is ready the page says so; the timer then clears the banner and shows the size."""
+    page = browser_app[0]
+    config = app.AppConfig(cache=str(tmp_path / "cache"), model=TINY_MODEL, pretrained="none")
+    backend = app.Backend(config, encoder=tiny_encoder)
+    demo = app.build_demo(backend)
+    _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True,
+                            **{**app.launch_kwargs(config), "server_name": "127.0.0.1", "server_port": None})
+    try:
+        page.goto(url)
+        page.wait_for_selector("#zs-banner .zs-banner")
+        assert "Starting" in page.inner_text("#zs-banner")
+        page.screenshot(path=str(ARTIFACTS / "browser-starting.png"), full_page=True)
+        backend.start()
+        page.wait_for_function("() => !document.querySelector('#zs-banner .zs-banner')", timeout=60_000)
+        assert backend.ready
+        wait_for(lambda: f"{len(backend.engine.gallery)} photos" in page.inner_text("#zs-info"), what="gallery size")
+    finally:
+        demo.close()
