@@ -19,7 +19,9 @@ import huggingface_hub
 import numpy as np
 import open_clip
 import torch
+import torch.nn.functional as F
 from PIL import Image
+from torch import nn
 
 from zsdemo.errors import WeightsUnavailableError, ZsdemoError
 from zsdemo.preprocess import PREPROCESS_VERSION, Transform, clean_sketch, load_photo
@@ -45,7 +47,7 @@ class EncoderConfig:
     model: str = "ViT-B-32-quickgelu"
     pretrained: str = "openai"  # open_clip tag, a local weights file, or "none" for random weights
     prompts: str | None = None  # prompt checkpoint (.safetensors) from train/fit.py
-    query_precision: str = "fp32"  # fp32 | bf16 | int8: precision of sketch encoding only
+    query_precision: str = "fp32"  # fp32 | bf16 | int8: precision of sketch encoding only (see class docstring)
     batch_size: int = 32
     device: str = "cpu"
     spec: PromptSpec = field(default_factory=lambda: PromptSpec(n_prompts=0))  # used when no checkpoint is given
@@ -204,6 +206,8 @@ class SketchPhotoEncoder:
             interpolation=pp.get("interpolation"), resize_mode=pp.get("resize_mode"))
         self.embed_dim = int(clip.visual.output_dim)
         self._query_model = self._make_query_model(cfg.query_precision)
+        self._other_query_models: dict[str, torch.nn.Module] = {}
+        self._tokenizer: Any = None
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
@@ -223,13 +227,15 @@ class SketchPhotoEncoder:
         return cls(cfg, clip.to(cfg.device), prompted, ckpt.sha256 if ckpt else None)
 
     def _make_query_model(self, precision: str) -> torch.nn.Module:
-        if precision in ("fp32", "bf16"):
-            return self.prompted
-        if precision == "int8":
-            from torch.ao.quantization import quantize_dynamic
+        return make_query_model(self.prompted, precision)
 
-            return quantize_dynamic(copy.deepcopy(self.prompted), {torch.nn.Linear}, dtype=torch.qint8)
-        raise ZsdemoError(f"query_precision must be fp32, bf16 or int8, not {precision!r}.")
+    def query_model(self, precision: str) -> torch.nn.Module:
+        """The model that encodes at `precision` (built once, then cached): (images, modality) -> (B, D)."""
+        if precision == self.cfg.query_precision:
+            return self._query_model
+        if precision not in self._other_query_models:
+            self._other_query_models[precision] = make_query_model(self.prompted, precision)
+        return self._other_query_models[precision]
 
     # ---- identity -----------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
@@ -256,11 +262,7 @@ class SketchPhotoEncoder:
     def encode_tensor(self, images: torch.Tensor, modality: str, precision: str = "fp32") -> torch.Tensor:
         """Normalised image batch -> (B, D) L2-normalised float32 embeddings."""
         images = images.to(self.cfg.device)
-        model = self._query_model if precision == self.cfg.query_precision else self.prompted
-        if precision == "bf16":
-            with torch.autocast(device_type=images.device.type, dtype=torch.bfloat16):
-                return model(images, modality).float()
-        return model(images, modality)
+        return self.query_model(precision)(images, modality)
 
     def _encode(self, images: Sequence[Image.Image], modality: str, precision: str) -> np.ndarray:
         out = [self.encode_tensor(torch.stack([self.transform(im) for im in chunk]), modality, precision)
@@ -286,9 +288,103 @@ class SketchPhotoEncoder:
 
     @torch.inference_mode()
     def encode_text(self, texts: Sequence[str]) -> np.ndarray:
-        tokenizer = open_clip.get_tokenizer(self.cfg.model)
-        feats = self.clip.encode_text(tokenizer(list(texts)).to(self.cfg.device), normalize=True)
+        if self._tokenizer is None:  # building it reads the BPE vocabulary (~100 ms): once per encoder
+            self._tokenizer = open_clip.get_tokenizer(self.cfg.model)
+        feats = self.clip.encode_text(self._tokenizer(list(texts)).to(self.cfg.device), normalize=True)
         return feats.float().cpu().numpy()
+
+
+# ---- reduced-precision query models -----------------------------------------------------
+QUERY_PRECISIONS = ("fp32", "bf16", "int8")
+
+
+class LinearSelfAttention(nn.Module):
+    """nn.MultiheadAttention (batch_first, no dropout) rebuilt from two plain nn.Linear layers + SDPA.
+
+    Same function as the module it copies. It exists so that dynamic int8 quantisation reaches the
+    attention projections: MHA keeps its q/k/v projection as a bare Parameter (`in_proj_weight`) and its
+    output projection as a NonDynamicallyQuantizableLinear, both of which `quantize_dynamic` skips; left in
+    fp32 they were about a third of the int8 encoder's time.
+    """
+
+    def __init__(self, mha: nn.MultiheadAttention) -> None:
+        super().__init__()
+        if not mha.batch_first or mha.in_proj_weight is None or mha.bias_k is not None:
+            raise ValueError("LinearSelfAttention copies batch_first MHA with a packed in_proj only.")
+        self.num_heads = mha.num_heads
+        dim = mha.embed_dim
+        has_bias = mha.in_proj_bias is not None
+        self.in_proj = nn.Linear(dim, 3 * dim, bias=has_bias)
+        self.out_proj = nn.Linear(dim, dim, bias=mha.out_proj.bias is not None)
+        with torch.no_grad():
+            self.in_proj.weight.copy_(mha.in_proj_weight)
+            if has_bias:
+                self.in_proj.bias.copy_(mha.in_proj_bias)
+            self.out_proj.weight.copy_(mha.out_proj.weight)
+            if mha.out_proj.bias is not None:
+                self.out_proj.bias.copy_(mha.out_proj.bias)
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor | None = None, value: torch.Tensor | None = None,
+                need_weights: bool = False, attn_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, None]:
+        if (key is not None and key is not query) or (value is not None and value is not query):
+            raise ValueError("LinearSelfAttention does self-attention only.")
+        batch, length, dim = query.shape
+        qkv = self.in_proj(query).view(batch, length, 3, self.num_heads, dim // self.num_heads).permute(2, 0, 3, 1, 4)
+        if attn_mask is not None and attn_mask.dtype == torch.bool:
+            attn_mask = ~attn_mask  # MHA: True = masked out; SDPA: True = attend
+        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=attn_mask)
+        return self.out_proj(out.transpose(1, 2).reshape(batch, length, dim)), None
+
+
+def linearize_attention(module: nn.Module) -> nn.Module:
+    """Replace every nn.MultiheadAttention under `module` (in place) with an equivalent LinearSelfAttention."""
+    for name, child in list(module.named_children()):
+        if isinstance(child, nn.MultiheadAttention):
+            setattr(module, name, LinearSelfAttention(child))
+        else:
+            linearize_attention(child)
+    return module
+
+
+class QueryModel(nn.Module):
+    """A reduced-precision copy of a PromptedViT: float32 images in, L2-normalised float32 embeddings out."""
+
+    def __init__(self, model: nn.Module, precision: str, input_dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        self.model = model
+        self.precision = precision
+        self.input_dtype = input_dtype
+
+    def forward(self, images: torch.Tensor, modality: str) -> torch.Tensor:
+        return self.model(images.to(self.input_dtype), modality).float()
+
+
+def make_query_model(prompted: PromptedViT, precision: str) -> nn.Module:
+    """The model that encodes at `precision`; the fp32 model itself for fp32 (never modified).
+
+    - fp32: `prompted` unchanged (bit-identical to stock open_clip when there are no prompts);
+    - bf16: a copy whose weights are bfloat16 (prompts and LayerNorm overrides included); inputs are cast
+      to bf16 and outputs back to float32. Storing the weights in bf16 (rather than torch.autocast around the
+      fp32 model, which re-casts every weight on every call) is what makes it fast: measured by
+      `python -m zsdemo bench`. Fast on CPUs with AVX512-BF16/AMX; slow on CPUs without native bf16.
+    - int8: a copy with every nn.Linear *and* the attention projections (see LinearSelfAttention)
+      dynamically quantised to int8 (per-tensor activations, per-tensor weights, fbgemm/x86 kernels).
+    The bench prints each path's cosine to fp32; a path is acceptable only at cosine >= 0.99.
+    """
+    if precision == "fp32":
+        return prompted
+    if precision == "bf16":
+        model = copy.deepcopy(prompted).to(torch.bfloat16).eval()
+        return QueryModel(model, precision, torch.bfloat16).eval()
+    if precision == "int8":
+        from torch.ao.quantization import quantize_dynamic
+
+        model = linearize_attention(copy.deepcopy(prompted)).eval()
+        with warnings.catch_warnings():  # torch.ao deprecation notices; the kernels are current
+            warnings.simplefilter("ignore")
+            model = quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+        return QueryModel(model, precision).eval()
+    raise ZsdemoError(f"query_precision must be one of {', '.join(QUERY_PRECISIONS)}, not {precision!r}.")
 
 
 def load_encoder(cfg: EncoderConfig | None = None) -> SketchPhotoEncoder:
