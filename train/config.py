@@ -1,0 +1,169 @@
+"""One training config: a dataclass loaded from YAML, overridden from the command line, dumped to the run folder."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclass
+class TrainConfig:
+    # ---- run ----------------------------------------------------------------------------
+    name: str = "run"
+    out_dir: str = "runs/run"
+    seed: int = 0
+    # ---- data ---------------------------------------------------------------------------
+    setting: str = "category"  # category | fine_grained
+    data_root: str = "data/Sketchy"
+    sketch_dir: str = "sketch"  # <data_root>/<sketch_dir>/<class>/<files>
+    photo_dir: str = "photo"  # <data_root>/<photo_dir>/<class>/<files>
+    split: str = "sketchy"  # built-in unseen-class list (sketchy | tuberlin | quickdraw) or "custom"
+    unseen_classes: list[str] = field(default_factory=list)  # used when split == "custom"
+    generate_synthetic: bool = False  # write train.synthetic data to data_root first if it does not exist
+    benchmark: str = "sketchy"  # which Table 1 column to print beside: sketchy | tuberlin | quickdraw | sketchy_fg
+    num_workers: int = 2
+    augment: bool = True  # light train-time augmentation (random resized crop 0.8-1, horizontal flip)
+    # ---- model --------------------------------------------------------------------------
+    model: str = "ViT-B-32-quickgelu"
+    pretrained: str = "openai"
+    n_prompts: int = 3
+    deep: bool = False
+    layernorm: bool = True
+    text_template: str = "a photo of a {}"
+    # ---- optimisation -------------------------------------------------------------------
+    batch_size: int = 64  # triplets per process per micro-batch
+    epochs: int = 60
+    max_steps: int = 0  # optimiser steps; 0 = epochs * steps per epoch
+    lr_prompt: float = 1e-5
+    lr_layernorm: float = 1e-5
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    grad_clip: float = 0.0  # 0 = off
+    grad_accum: int = 1
+    mixed_precision: str = ""  # "" = take it from the Accelerate config / launcher; no | bf16 | fp16
+    # ---- losses -------------------------------------------------------------------------
+    margin: float = 0.3
+    cls_weight: float = 0.5
+    delta_weight: float = 0.1  # fine-grained only
+    ps_weight: float = 1.0  # fine-grained only
+    ps_margin: float = 0.3  # not published; our choice
+    ps_grid: int = 2
+    classes_per_batch: int = 0  # P for the fine-grained sampler; 0 = batch_size // instances_per_class
+    instances_per_class: int = 4  # Q
+    # ---- evaluation, checkpoints, logging -----------------------------------------------
+    eval_every: int = 0  # optimiser steps; 0 = only at the end
+    eval_batch_size: int = 128
+    eval_max_queries: int = 0  # 0 = all unseen sketches
+    metric_convention: str = "sake"  # sake | torchmetrics
+    fg_gallery: str = "unseen"  # fine-grained Acc@k gallery: unseen (all unseen photos) | category
+    checkpoint_every: int = 500  # optimiser steps
+    keep_checkpoints: int = 3  # newest step_N folders kept; 0 = all
+    log_every: int = 10
+    tensorboard: bool = False
+    progress: bool = True
+    resume: bool = False
+    stop_after_steps: int = 0  # testing: exit hard (os._exit) right after the checkpoint at this step
+    push_to_hub: str = ""
+
+    def validate(self) -> None:
+        if self.setting not in ("category", "fine_grained"):
+            raise ValueError(f"setting must be 'category' or 'fine_grained', not {self.setting!r}")
+        if self.metric_convention not in ("sake", "torchmetrics"):
+            raise ValueError(f"metric_convention must be 'sake' or 'torchmetrics', not {self.metric_convention!r}")
+        if self.fg_gallery not in ("unseen", "category"):
+            raise ValueError(f"fg_gallery must be 'unseen' or 'category', not {self.fg_gallery!r}")
+        if self.setting == "fine_grained" and self.batch_size % self.instances_per_class:
+            raise ValueError(f"batch_size {self.batch_size} must be a multiple of instances_per_class "
+                             f"{self.instances_per_class} (P classes x Q instances)")
+        if self.grad_accum < 1 or self.batch_size < 2:
+            raise ValueError("grad_accum must be >= 1 and batch_size >= 2")
+
+    @property
+    def p_classes(self) -> int:
+        return self.classes_per_batch or self.batch_size // self.instances_per_class
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def dump(self, path: str | Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def _field_types() -> dict[str, Any]:
+    hints = typing.get_type_hints(TrainConfig)
+    return {f.name: hints[f.name] for f in dataclasses.fields(TrainConfig)}
+
+
+def _coerce(name: str, value: Any, kind: Any) -> Any:
+    origin = typing.get_origin(kind)
+    if origin in (list, typing.List):  # noqa: UP006
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()] if not value.startswith("[") else json.loads(value)
+        return [str(v) for v in value]
+    if origin in (typing.Union, types.UnionType):
+        kind = next(a for a in typing.get_args(kind) if a is not type(None))
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{name}: expected true/false, got {value!r}")
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: expected {kind.__name__}, got {value!r}") from None
+
+
+def parse_overrides(argv: list[str]) -> dict[str, str]:
+    """`--key value`, `--key=value`, `key=value` and bare `--flag` (= true); dashes and underscores alike."""
+    out: dict[str, str] = {}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("--"):
+            key = arg[2:]
+            if "=" in key:
+                key, value = key.split("=", 1)
+            elif i + 1 < len(argv) and not argv[i + 1].startswith("--") and "=" not in argv[i + 1]:
+                value = argv[i + 1]
+                i += 1
+            else:
+                value = "true"
+        elif "=" in arg:
+            key, value = arg.split("=", 1)
+        else:
+            raise ValueError(f"Cannot parse argument {arg!r}: use --key value or key=value")
+        out[key.replace("-", "_")] = value
+        i += 1
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | list[str] | None = None) -> TrainConfig:
+    """YAML file (optional) -> TrainConfig, then overrides (a dict, or CLI tokens). Unknown keys are errors."""
+    types_ = _field_types()
+    values: dict[str, Any] = {}
+    if path is not None:
+        loaded = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: expected a mapping of config keys")
+        values.update(loaded)
+    if isinstance(overrides, list):
+        overrides = parse_overrides(overrides)
+    values.update(overrides or {})
+    unknown = sorted(set(values) - set(types_))
+    if unknown:
+        raise ValueError(f"Unknown config keys {unknown}; known keys: {sorted(types_)}")
+    cfg = TrainConfig(**{k: _coerce(k, v, types_[k]) for k, v in values.items()})
+    cfg.validate()
+    return cfg

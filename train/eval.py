@@ -1,0 +1,150 @@
+"""Zero-shot evaluation on the unseen classes: category-level mAP/P@k or fine-grained Acc@k.
+
+    python train/eval.py --config train/configs/sketchy_category.yaml --prompts runs/x/prompts.safetensors
+    python train/eval.py --config train/configs/sketchy_category.yaml --prompts none     # frozen CLIP baseline
+
+Encodes every unseen sketch and the full unseen photo gallery once (sharded across processes when
+launched with accelerate/torchrun; gathered without duplicates), then ranks the whole gallery.
+Writes a JSON file and prints a Markdown table beside the paper's Table 1 numbers.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import json
+import logging
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from train.config import TrainConfig, load_config
+from train.data import ImageListDataset, Part, eval_transform, split_from_config
+from train.metrics import category_metrics, fine_grained_accuracy, markdown_table
+
+log = logging.getLogger(__name__)
+
+
+def eval_loaders(part: Part, transform: Any, batch_size: int, num_workers: int,
+                 max_queries: int = 0) -> tuple[DataLoader, DataLoader, list[int]]:
+    """Sketch-query and photo-gallery loaders (fixed order). max_queries > 0 keeps an evenly spaced subset."""
+    queries = list(range(len(part.sketches)))
+    if 0 < max_queries < len(queries):
+        step = len(queries) / max_queries
+        queries = [int(i * step) for i in range(max_queries)]
+    sketches = ImageListDataset([part.sketches[i] for i in queries], "sketch", transform)
+    photos = ImageListDataset(part.photos, "photo", transform)
+    make = lambda ds: DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers)  # noqa: E731
+    return make(sketches), make(photos), queries
+
+
+@torch.no_grad()
+def encode(accelerator: Any, prompted: torch.nn.Module, loader: DataLoader, modality: str) -> tuple[torch.Tensor, dict[str, int]]:
+    """Encode a (prepared, possibly sharded) loader; gather across ranks; return features in dataset order."""
+    was_training = prompted.training
+    prompted.eval()
+    feats, idx = [], []
+    for images, index in loader:
+        with accelerator.autocast():
+            f = prompted(images, modality).float()
+        f, index = accelerator.gather_for_metrics((f.contiguous(), index.contiguous()))
+        feats.append(f.cpu())
+        idx.append(index.cpu())
+    prompted.train(was_training)
+    feats_t, idx_t = torch.cat(feats), torch.cat(idx)
+    n = len(loader.dataset)
+    stats = {"gathered": int(len(idx_t)), "unique": int(idx_t.unique().numel()), "expected": n}
+    if stats["gathered"] != n or stats["unique"] != n:
+        raise RuntimeError(f"gathered {stats['gathered']} {modality} features ({stats['unique']} unique), expected {n}")
+    out = torch.empty_like(feats_t)
+    out[idx_t] = feats_t
+    return out, stats
+
+
+def evaluate(accelerator: Any, prompted: torch.nn.Module, part: Part, sketch_loader: DataLoader,
+             photo_loader: DataLoader, queries: list[int], cfg: TrainConfig) -> dict[str, Any]:
+    """Metrics dict (category: mAP@all, mAP@200, P@100, P@200; fine-grained: Acc@1/5/10 in %)."""
+    q_feats, q_stats = encode(accelerator, prompted, sketch_loader, "sketch")
+    g_feats, g_stats = encode(accelerator, prompted, photo_loader, "photo")
+    q_labels = torch.tensor([part.sketch_labels[i] for i in queries])
+    g_labels = torch.tensor(part.photo_labels)
+    result: dict[str, Any] = {"setting": cfg.setting, "n_queries": len(queries), "n_gallery": len(part.photos),
+                              "n_classes": len(part.classes), "gather": {"sketch": q_stats, "photo": g_stats}}
+    if cfg.setting == "category":
+        result["convention"] = cfg.metric_convention
+        result["gallery"] = "all unseen-class photos"
+        result["metrics"] = category_metrics(q_feats, q_labels, g_feats, g_labels, cfg.metric_convention)
+    else:
+        pairs = torch.tensor([part.sketch_pairs[i] for i in queries])
+        for gallery in ("unseen", "category"):
+            acc = fine_grained_accuracy(q_feats, pairs, q_labels, g_feats, g_labels, gallery)
+            result[f"metrics_{gallery}_gallery"] = {k: 100 * v for k, v in acc.items()}
+        result["gallery"] = {"unseen": "all unseen-class photos", "category": "photos of the sketch's class"}[cfg.fg_gallery]
+        result["metrics"] = result[f"metrics_{cfg.fg_gallery}_gallery"]
+    return result
+
+
+def table_for(result: dict[str, Any], cfg: TrainConfig, label: str) -> str:
+    if cfg.setting == "category":
+        note = (f"Convention: {result['convention']} (AP@k denominator "
+                f"{'min(k, R), VOC-interpolated' if result['convention'] == 'sake' else 'hits in top k, not interpolated'}); "
+                f"gallery: {result['gallery']}; {result['n_queries']} queries x {result['n_gallery']} photos.")
+    else:
+        note = f"Acc@k in %, gallery: {result['gallery']}; {result['n_queries']} queries x {result['n_gallery']} photos."
+    return markdown_table(cfg.benchmark, {label: result["metrics"]}, note)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    import argparse
+
+    from accelerate import Accelerator
+
+    from train.model import build_model, spec_for
+    from zsdemo.prompts import read_checkpoint
+
+    parser = argparse.ArgumentParser(description="Evaluate prompts (or frozen CLIP) on the unseen classes.")
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--prompts", default="none", help="prompt checkpoint (.safetensors), or 'none' for frozen CLIP")
+    parser.add_argument("--output", default="", help="JSON result file (default: beside the prompts, or eval_baseline.json)")
+    args, rest = parser.parse_known_args(argv)
+    cfg = load_config(args.config, rest)
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision or None)
+    logging.basicConfig(level=logging.INFO if accelerator.is_main_process else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("accelerate").setLevel(logging.WARNING)
+    split = split_from_config(cfg)
+    baseline = args.prompts.lower() in ("none", "")
+    if baseline:
+        spec = spec_for(cfg.setting, n_prompts=0, layernorm=False)
+        clip, step_model = build_model(cfg.model, cfg.pretrained, spec)
+        label = f"frozen CLIP, no prompts ({cfg.model}/{cfg.pretrained})"
+    else:
+        ckpt = read_checkpoint(args.prompts)
+        clip, step_model = build_model(cfg.model, cfg.pretrained, ckpt.spec)
+        step_model.prompted.load_learned_state(ckpt.state)
+        label = f"prompts {Path(args.prompts).name} ({cfg.model}/{cfg.pretrained})"
+    prompted = step_model.prompted.to(accelerator.device)
+    s_dl, p_dl, queries = eval_loaders(split.test, eval_transform(clip), cfg.eval_batch_size, cfg.num_workers,
+                                       cfg.eval_max_queries)
+    s_dl, p_dl = accelerator.prepare(s_dl, p_dl)
+    result = evaluate(accelerator, prompted, split.test, s_dl, p_dl, queries, cfg)
+    result.update({"label": label, "prompts": None if baseline else str(args.prompts), "model": cfg.model,
+                   "pretrained": cfg.pretrained, "benchmark": cfg.benchmark})
+    if accelerator.is_main_process:
+        output = Path(args.output or (Path(args.prompts).with_suffix(".eval.json") if not baseline
+                                      else Path(cfg.out_dir) / "eval_baseline.json"))
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(result, indent=2))
+        print(table_for(result, cfg, label))
+        print(f"\nwrote {output}")
+    accelerator.end_training()
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""Loss terms of Sain et al. (CVPR 2023), on L2-normalised features; d(a, b) = 1 - cos(a, b).
+
+Category-level:  L = L_tri + cls_weight * (L_cls(sketch) + L_cls(photo))
+Fine-grained:    L = L_hard_tri + cls_weight * (L_cls(sketch) + L_cls(photo)) + delta_weight * L_delta + ps_weight * L_ps
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def cosine_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Row-wise 1 - cos(a_i, b_i) for (N, D) tensors (normalised here, so unnormalised input is fine)."""
+    return 1.0 - (F.normalize(a, dim=-1) * F.normalize(b, dim=-1)).sum(-1)
+
+
+def triplet_loss(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, margin: float = 0.3) -> torch.Tensor:
+    """mean_i max(0, margin + d(a_i, p_i) - d(a_i, n_i))."""
+    return F.relu(margin + cosine_distance(anchor, positive) - cosine_distance(anchor, negative)).mean()
+
+
+def classification_loss(features: torch.Tensor, text_features: torch.Tensor, labels: torch.Tensor,
+                        logit_scale: float | torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of softmax(logit_scale * cos(f, t_c)) over the seen classes' text embeddings."""
+    logits = logit_scale * F.normalize(features, dim=-1) @ F.normalize(text_features, dim=-1).T
+    return F.cross_entropy(logits, labels)
+
+
+def delta_loss(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """L_delta: uniform relative separation across categories.
+
+    The batch holds n_classes contiguous blocks of Q triplets. For block c, D_c = softmax over its Q
+    triplets of delta = d(s, p+) - d(s, p-). L = mean over ordered pairs i != j of KL(D_i || D_j).
+    Gradients flow through both arguments of each KL (the paper does not say; our choice).
+    """
+    delta = cosine_distance(anchor, positive) - cosine_distance(anchor, negative)
+    if delta.numel() % n_classes:
+        raise ValueError(f"batch of {delta.numel()} triplets is not {n_classes} equal class blocks")
+    if n_classes < 2:
+        return delta.sum() * 0.0
+    log_d = F.log_softmax(delta.view(n_classes, -1), dim=1)  # (P, Q)
+    d = log_d.exp()
+    # kl[i, j] = sum_q D_i[q] (log D_i[q] - log D_j[q])
+    kl = (d * log_d).sum(1, keepdim=True) - d @ log_d.T
+    off_diagonal = ~torch.eye(n_classes, dtype=torch.bool, device=kl.device)
+    return kl[off_diagonal].mean()
+
+
+def category_losses(sketch: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, labels: torch.Tensor,
+                    negative_labels: torch.Tensor, text_features: torch.Tensor, logit_scale: float,
+                    margin: float = 0.3, cls_weight: float = 0.5) -> dict[str, torch.Tensor]:
+    """Category-level objective. Classification covers the sketches and all photos (positives and negatives)."""
+    tri = triplet_loss(sketch, positive, negative, margin)
+    cls_s = classification_loss(sketch, text_features, labels, logit_scale)
+    cls_p = classification_loss(torch.cat([positive, negative]), text_features, torch.cat([labels, negative_labels]), logit_scale)
+    return {"loss": tri + cls_weight * (cls_s + cls_p), "triplet": tri, "cls_sketch": cls_s, "cls_photo": cls_p}
+
+
+def fine_grained_losses(sketch: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, labels: torch.Tensor,
+                        ps_sketch: torch.Tensor, ps_positive: torch.Tensor, ps_negative: torch.Tensor,
+                        text_features: torch.Tensor, logit_scale: float, n_classes: int, margin: float = 0.3,
+                        cls_weight: float = 0.5, delta_weight: float = 0.1, ps_weight: float = 1.0,
+                        ps_margin: float = 0.3) -> dict[str, torch.Tensor]:
+    """Fine-grained objective. `negative` is another photo of the anchor's class (hard triplet);
+    the patch-shuffle negative is the paired photo under a different permutation."""
+    tri = triplet_loss(sketch, positive, negative, margin)
+    cls_s = classification_loss(sketch, text_features, labels, logit_scale)
+    cls_p = classification_loss(torch.cat([positive, negative]), text_features, torch.cat([labels, labels]), logit_scale)
+    dl = delta_loss(sketch, positive, negative, n_classes)
+    ps = triplet_loss(ps_sketch, ps_positive, ps_negative, ps_margin)
+    total = tri + cls_weight * (cls_s + cls_p) + delta_weight * dl + ps_weight * ps
+    return {"loss": total, "hard_triplet": tri, "cls_sketch": cls_s, "cls_photo": cls_p, "delta": dl, "patch_shuffle": ps}
