@@ -69,3 +69,14 @@ def test_reduced_precision_query_paths_stay_close_to_fp32(precision):
     # the fp32 model itself is never modified by building a reduced-precision copy
     assert isinstance(encoder.clip.visual.transformer.resblocks[0].attn, torch.nn.MultiheadAttention)
     assert encoder.clip.visual.conv1.weight.dtype == torch.float32
+
+
+def test_query_path_falls_back_to_fp32_when_too_far_from_it(monkeypatch):
+    import zsdemo.encoder as encoder_module
+
+    monkeypatch.setattr(encoder_module, "MIN_QUERY_COSINE", 1.5)  # impossible: every reduced path fails the check
+    encoder = SketchPhotoEncoder.load(EncoderConfig(model=TINY_MODEL, pretrained="none", query_precision="int8"))
+    assert encoder.query_model("int8") is encoder.prompted
+    sketch = [bench.draw_canvas(1, size=160)]
+    images = torch.stack([encoder.transform(clean_sketch(s)) for s in sketch])
+    assert np.array_equal(encoder.encode_sketches(sketch), encoder.prompted(images, "sketch").detach().numpy())

@@ -198,6 +198,9 @@ def run_benchmarks(model: str = "ViT-B-32-quickgelu", pretrained: str = "none", 
     print(f"machine: {info['cpu']}; {info['cores']} cores; torch {info['torch']} with {info['torch_threads']} threads; "
           f"cpu capability {info['cpu_capability']}; mkldnn bf16 {info['mkldnn_bf16']}; quantized engine "
           f"{info['quantized_engine']}; load average (1 min) at start {info['load_avg_1m']}")
+    if info["load_avg_1m"] > 0.5 * (info["cores"] or 1):
+        print(f"NOTE: the machine is busy (load {info['load_avg_1m']} on {info['cores']} cores): other processes compete "
+              "with torch's threads, so absolute times are inflated and noisy; ratios are interleaved to compensate.")
 
     default_precision = EncoderConfig().query_precision
     cfg = EncoderConfig(model=model, pretrained=pretrained, query_precision="fp32", spec=PromptSpec(n_prompts=3))
