@@ -249,10 +249,10 @@ def patch_shuffle(images: torch.Tensor, perm: Sequence[int], grid: int) -> torch
     if h % grid or w % grid:
         raise ValueError(f"image size {h}x{w} is not divisible by grid {grid}")
     ph, pw = h // grid, w // grid
-    cells = images.reshape(*lead, c, grid, ph, grid, pw).movedim(-4, -3)  # (..., C, gy, gx, ph, pw)
+    cells = images.reshape(*lead, c, grid, ph, grid, pw).movedim(-2, -3)  # (..., C, gy, gx, ph, pw)
     cells = cells.reshape(*lead, c, grid * grid, ph, pw)
     cells = cells[..., list(perm), :, :]
-    cells = cells.reshape(*lead, c, grid, grid, ph, pw).movedim(-3, -4)
+    cells = cells.reshape(*lead, c, grid, grid, ph, pw).movedim(-3, -2)  # (..., C, gy, ph, gx, pw)
     return cells.reshape(*lead, c, h, w)
 
 
