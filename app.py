@@ -93,7 +93,8 @@ def parse_args(argv: Sequence[str] | None = None) -> AppConfig:
     p.add_argument("--port", type=int, default=_env_int("GRADIO_SERVER_PORT", None), help="port (default: first free from 7860).")
     p.add_argument("--share", action="store_true", default=os.environ.get("ZSDEMO_SHARE", "").lower() in ("1", "true", "yes"),
                    help="also open a temporary public gradio.live link.")
-    p.add_argument("--max-upload-mb", type=int, default=_env_int("ZSDEMO_MAX_UPLOAD_MB", 25))
+    p.add_argument("--max-upload-mb", type=int, default=_env_int("ZSDEMO_MAX_UPLOAD_MB", 25),
+                   help="uploads above this size are refused (default 25).")
     p.add_argument("--queue-size", type=int, default=_env_int("ZSDEMO_QUEUE_SIZE", 32),
                    help="requests waiting beyond this are refused with 'queue full'.")
     p.add_argument("--concurrency", type=int, default=_env_int("ZSDEMO_CONCURRENCY", 2),

@@ -264,3 +264,31 @@ def test_search_through_process_api(backend, tmp_path):
     assert [item["caption"] for item in gallery] == [f"{h['score']:.3f} · {h['name']}"
                                                      for h in backend.search(str(path), 4)[3]]
     assert preview is not None and "4 best of" in status
+
+
+def test_prompt_checkpoint_is_loaded_and_shown(tmp_path):
+    """--prompts FILE: the checkpoint is loaded with the backbone and named (with its hash) on the page."""
+    from zsdemo.encoder import create_clip
+    from zsdemo.preprocess import PREPROCESS_VERSION
+    from zsdemo.prompts import PromptedViT, PromptSpec, save_checkpoint
+
+    prompted = PromptedViT(create_clip(TINY_MODEL, "none").visual, PromptSpec(n_prompts=3))
+    ckpt = save_checkpoint(tmp_path / "sketchy.safetensors", prompted, TINY_MODEL, "none", PREPROCESS_VERSION)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGB", (50, 40), "red").save(photos / "red.png")
+    config = app.AppConfig(galleries=[str(photos)], cache=str(tmp_path / "cache"), model=TINY_MODEL,
+                           pretrained="none", prompts=str(ckpt))
+    b = app.Backend(config)
+    b.prepare()
+    assert b.ready, b.status
+    info = b.info_markdown()
+    assert "`sketchy.safetensors`" in info and "n_prompts': 3" in info and "**Gallery:** 1 photos" in info
+    assert b.encoder.describe()["prompts_sha256"][:12] in info
+
+    # A checkpoint for another backbone is refused with a readable message on the page, not a crash.
+    config.model, config.cache = "ViT-B-32-quickgelu", str(tmp_path / "cache2")
+    bad = app.Backend(config)
+    bad.prepare()
+    assert bad.status.phase == "error" and "was trained for backbone" in bad.status.message
+    assert "was trained for backbone" in bad.banner_html()

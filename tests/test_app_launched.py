@@ -138,3 +138,47 @@ def test_uploaded_photos_appear_in_results(served, client, tmp_path):
     gallery, _, _ = client.predict(pad(path), api_name="/search")
     top = gallery[0]["caption"]
     assert top.split(" · ")[1].startswith("my-photo") and float(top.split(" · ")[0]) > 0.999
+
+
+def test_python_app_py_with_flags_and_environment(tmp_path):
+    """`python app.py` as a user starts it: flags plus environment variables, the page up before the index."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    photos = tmp_path / "photos" / "cats"
+    photos.mkdir(parents=True)
+    for i, colour in enumerate(["red", "green", "blue"]):
+        Image.new("RGB", (64, 48), colour).save(photos / f"cat{i}.jpg")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "ZSDEMO_MODEL": TINY_MODEL, "ZSDEMO_PRETRAINED": "none", "GRADIO_SERVER_PORT": str(port),
+           "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    root = Path(app.__file__).resolve().parent
+    cmd = [sys.executable, str(root / "app.py"), "--gallery", str(tmp_path / "photos"), "--cache", str(tmp_path / "cache"),
+           "--host", "127.0.0.1"]
+    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        end = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                client = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=False)
+                break
+            except Exception:
+                assert time.monotonic() < end, "app did not come up"
+                time.sleep(0.5)
+        sketch = sketch_file(tmp_path, "s", shape="circle")
+        while True:
+            gallery, _, status = client.predict(pad(sketch), api_name="/search")
+            if gallery:
+                break
+            assert "Still preparing" in status and time.monotonic() < end, status
+            time.sleep(0.5)
+        assert sorted(item["caption"].split(" · ")[1] for item in gallery) == ["cats/cat0.jpg", "cats/cat1.jpg", "cats/cat2.jpg"]
+        assert (tmp_path / "cache" / "CURRENT").is_file()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
