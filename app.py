@@ -38,8 +38,8 @@ log = logging.getLogger("zsdemo.app")
 DEFAULT_CACHE_ROOT = Path("gallery_cache")
 CANVAS_SIZE = 448
 LARGE_PHOTO_SIDE = 1280
-BRUSH_HINT = ("**First pick the brush** (the pen icon in the canvas toolbar), then draw. "
-              "Results update after every stroke.")
+BRUSH_HINT = ("**First pick the brush** (the pen icon left of the canvas), then draw. Pen size and eraser sit "
+              "beside it; undo and clear are at the top right. Results update after every stroke.")
 EMPTY_HINT = "✏️ Draw something (pick the brush first) or upload a sketch: results appear after each stroke."
 
 
