@@ -213,7 +213,7 @@ class Backend:
         self.status = Status(phase, message, done, total)
 
     def _progress(self, done: int, total: int, message: str) -> None:
-        self._set("indexing", f"Indexing photos: {message}" if message else "Indexing photos", done, total)
+        self._set("indexing", message or "Indexing photos", done, total)
 
     def prepare(self) -> None:
         """Blocking version of `start`: never raises, failures end up in `status` (and the log)."""
@@ -283,7 +283,8 @@ class Backend:
             return ""
         if s.phase == "error":
             return f"<div class='zs-banner zs-error'>⚠️ {html.escape(s.message)}</div>"
-        bar = f"<progress value='{s.done}' max='{s.total}'></progress> {s.done}/{s.total}" if s.total else "<progress></progress>"
+        pct = f" {100 * s.done // s.total}%" if s.total else ""
+        bar = f"<progress value='{s.done}' max='{s.total}'></progress>{pct}" if s.total else "<progress></progress>"
         return f"<div class='zs-banner'>⏳ {html.escape(s.message)} {bar}</div>"
 
     def info_markdown(self) -> str:
