@@ -13,7 +13,9 @@ What it does:
 3. Simulates drawing: sketch k has k strokes. Each stroke is uploaded through gradio_client to the
    `/search` endpoint exactly as the browser's Sketchpad does (composite PNG) and timed until the
    ranked results come back (JSON; and separately with the 12 thumbnails + preview downloaded).
-4. In this process, times the engine's `search_sketch` on the same sketches (same weights, same
+4. Starts a reference server with the same Sketchpad endpoint and outputs but no model or search,
+   so the framework's own share of the round trip is visible.
+5. In this process, times the engine's `search_sketch` on the same sketches (same weights, same
    gallery, idle server; interleaved with the round trips so all see the same machine load), and prints the overhead ratio round trip / engine (p50).
 All numbers are from this run on this machine; random weights make no difference to speed.
 """
@@ -102,6 +104,34 @@ def start_app(cache: Path, model: str, pretrained: str, log_path: Path) -> tuple
     return proc, f"http://127.0.0.1:{port}/"
 
 
+def serve_floor(port: int, thumbs_dir: str, k: int) -> None:
+    """Reference server: the same Sketchpad in, the same outputs out (12 static thumbnails, a PNG preview,
+    a status), but no model and no search. Its round trip is what Gradio + gradio_client cost on their own."""
+    import gradio as gr
+
+    thumbs = sorted(Path(thumbs_dir).glob("*.jpg"))[:k]
+    gr.set_static_paths([thumbs_dir])
+
+    def search(sketch: dict, k: float, text: str, weight: float) -> tuple[list, Image.Image, str]:
+        preview = Image.fromarray(sketch["composite"]).resize((224, 224))
+        return [(str(t), f"0.000 · {t.name}") for t in thumbs], preview, "floor"
+
+    with gr.Blocks() as demo:
+        sketch = gr.Sketchpad(image_mode="RGB", type="numpy", canvas_size=(448, 448), layers=False)
+        inputs = [sketch, gr.Slider(1, 48, value=12), gr.Textbox(), gr.Slider(0, 1, value=0)]
+        outputs = [gr.Gallery(), gr.Image(type="pil", format="png"), gr.Markdown()]
+        sketch.change(search, inputs, outputs, api_name="search", show_progress="hidden")
+    demo.queue(default_concurrency_limit=2, max_size=32).launch(server_name="127.0.0.1", server_port=port, quiet=True)
+
+
+def start_floor(thumbs_dir: Path, k: int, log_path: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    cmd = [sys.executable, __file__, "--serve-floor", str(port), "--floor-thumbs", str(thumbs_dir), "--k", str(k)]
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT)
+    return proc, f"http://127.0.0.1:{port}/"
+
+
 def connect(url: str, timeout: float = 180.0, proc: subprocess.Popen | None = None):
     from gradio_client import Client
 
@@ -127,7 +157,12 @@ def main() -> None:
     p.add_argument("--canvas", type=int, default=448, help="canvas side in pixels (the app's is 448)")
     p.add_argument("--url", help="benchmark an app that is already running (skips building and starting one)")
     p.add_argument("--json", type=Path, help="also write the figures here")
+    p.add_argument("--serve-floor", type=int, help=argparse.SUPPRESS)  # internal: run the reference server
+    p.add_argument("--floor-thumbs", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.serve_floor:
+        serve_floor(args.serve_floor, args.floor_thumbs, args.k)
+        return
 
     from gradio_client import Client, handle_file
 
@@ -138,7 +173,9 @@ def main() -> None:
         files.append(work / f"stroke-{i:03d}.png")
         sketch.save(files[-1])
 
-    proc = None
+    proc = floor_proc = None
+    floor = None
+    floor_s: list[float] = []
     encoder = gallery = None
     json_only: list[float] = []
     with_files: list[float] = []
@@ -152,6 +189,8 @@ def main() -> None:
             cache = work / "cache"
             encoder, gallery = build_cache(cache, starter_photos_dir(work), args.photos, args.model, args.pretrained)
             proc, url = start_app(cache, args.model, args.pretrained, work / "app.log")
+            floor_proc, floor_url = start_floor(cache / "thumbs", args.k, work / "floor.log")
+            floor = connect(floor_url, proc=floor_proc)
         client = connect(url, proc=proc)
 
         def stroke(path: Path, c: Client) -> tuple[float, list]:
@@ -185,6 +224,8 @@ def main() -> None:
             stroke(path, downloading)
             if engine is not None:
                 engine.search_sketch(np.asarray(sketch), k=args.k)
+            if floor is not None:
+                stroke(path, floor)
         # Interleaved, so the three series see the same machine load (these machines are shared and noisy).
         for path, sketch in zip(files[3:], sketches[3:], strict=True):
             json_only.append(stroke(path, client)[0])
@@ -193,10 +234,13 @@ def main() -> None:
                 started = time.perf_counter()
                 engine.search_sketch(np.asarray(sketch), k=args.k)  # the same array type the app gets
                 engine_s.append(time.perf_counter() - started)
+            if floor is not None:
+                floor_s.append(stroke(path, floor)[0])
     finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait(timeout=30)
+        for process in (proc, floor_proc):
+            if process is not None:
+                process.terminate()
+                process.wait(timeout=30)
 
     import torch
 
@@ -212,6 +256,8 @@ def main() -> None:
         figures["engine_search_sketch"] = summary(engine_s)
         figures["overhead_ratio_p50"] = figures["roundtrip_results_json"]["p50_ms"] / figures["engine_search_sketch"]["p50_ms"]
         figures["overhead_ms_p50"] = figures["roundtrip_results_json"]["p50_ms"] - figures["engine_search_sketch"]["p50_ms"]
+        if floor_s:
+            figures["gradio_floor_roundtrip"] = summary(floor_s)
         figures["overhead_ratio_paired_median"] = statistics.median(r / e for r, e in zip(json_only, engine_s, strict=True))
 
     cpu = ""
@@ -234,6 +280,10 @@ def main() -> None:
         print(f"overhead ratio (round trip p50 / engine p50): {figures['overhead_ratio_p50']:.2f}x "
               f"(+{figures['overhead_ms_p50']:.1f} ms); median of per-stroke ratios "
               f"{figures['overhead_ratio_paired_median']:.2f}x")
+    if floor_s:
+        fl = figures["gradio_floor_roundtrip"]
+        print(f"reference: same endpoint without model or search:    p50 {fl['p50_ms']:.1f} ms  p95 {fl['p95_ms']:.1f} ms "
+              "(Gradio + gradio_client alone)")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
 
