@@ -60,7 +60,9 @@ class StepModel(nn.Module):
         if strict and set(state_dict) != keep:
             raise KeyError(f"learned-state mismatch: missing {sorted(keep - set(state_dict))[:4]}, "
                            f"unexpected {sorted(set(state_dict) - keep)[:4]}")
-        return super().load_state_dict(state_dict, strict=False, assign=assign)
+        result = super().load_state_dict(state_dict, strict=False, assign=assign)
+        result.missing_keys[:] = [k for k in result.missing_keys if k in keep]  # frozen CLIP weights are not saved
+        return result
 
 
 def build_model(model_name: str, pretrained: str, spec: PromptSpec, seed: int = 0) -> tuple[nn.Module, StepModel]:

@@ -1,0 +1,181 @@
+"""End-to-end training runs on synthetic data with the tiny model: in-process, 2 CPU ranks, kill and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import open_clip
+import pytest
+import torch
+
+from train.data import DataError
+from train.synthetic import generate
+from zsdemo.encoder import EncoderConfig, SketchPhotoEncoder
+from zsdemo.prompts import read_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "train" / "configs" / "tiny.yaml"
+TINY_FG = ROOT / "train" / "configs" / "tiny_fine_grained.yaml"
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory) -> Path:
+    return generate(tmp_path_factory.mktemp("fitdata"), photos_per_class=12, sketches_per_photo=2, size=64)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def env() -> dict[str, str]:
+    e = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
+    e.pop("ACCELERATE_USE_CPU", None)
+    return e
+
+
+def fit_cmd(config: Path, data: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, str(ROOT / "train" / "fit.py"), "--config", str(config), f"data_root={data}",
+            f"out_dir={out}", "progress=false", *extra]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def load_prompts(path: Path) -> dict[str, torch.Tensor]:
+    return read_checkpoint(path).state
+
+
+def test_fit_in_process_category(tmp_path, synth, monkeypatch):
+    from train import fit
+
+    calls = []
+    original = open_clip.CLIP.encode_text
+    monkeypatch.setattr(open_clip.CLIP, "encode_text", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    out = tmp_path / "run"
+    result = fit.main(["--config", str(TINY), f"data_root={synth}", f"out_dir={out}", "max_steps=6",
+                       "checkpoint_every=3", "log_every=2", "eval_every=3", "progress=false"])
+    assert len(calls) == 1  # class text embeddings: once per run, not per step
+    records = read_jsonl(out / "metrics.jsonl")
+    train_records = [r for r in records if "loss" in r]
+    assert [r["step"] for r in train_records] == [2, 4, 6]
+    assert {"triplet", "cls_sketch", "cls_photo", "lr", "samples_per_s"} <= set(train_records[0])
+    assert [r["step"] for r in records if "eval" in r] == [3, 6]
+    assert set(result["metrics"]) == {"mAP@all", "mAP@200", "P@100", "P@200"} and result["convention"] == "sake"
+    assert (out / "config.yaml").is_file() and (out / "step_3" / "trainer_state.json").is_file()
+    assert json.loads((out / "step_6" / "trainer_state.json").read_text())["step"] == 6
+    assert (out / "prompts" / "step_3.safetensors").is_file()
+    assert "Ours (paper)" not in (out / "eval.md").read_text()  # synthetic benchmark: no paper row to sit beside
+    enc = SketchPhotoEncoder.load(EncoderConfig(model="zsdemo-tiny-vit", pretrained="none", prompts=str(out / "prompts.safetensors")))
+    assert enc.prompted.spec.shared is False and enc.prompted.spec.layernorm is True
+    ckpt = read_checkpoint(out / "prompts.safetensors")
+    assert ckpt.meta["step"] == "6" and json.loads(ckpt.meta["metrics"]) == pytest.approx(result["metrics"])
+
+
+def test_fit_fails_on_bad_data_before_building_model(tmp_path, monkeypatch):
+    from train import fit
+
+    built = []
+    monkeypatch.setattr(fit, "build_model", lambda *a, **k: built.append(1))
+    with pytest.raises(DataError, match="does not exist"):
+        fit.main(["--config", str(TINY), f"data_root={tmp_path / 'nope'}", "generate_synthetic=false", f"out_dir={tmp_path / 'o'}"])
+    assert not built
+
+
+def test_eval_cli_baseline_and_prompts(tmp_path, synth, capsys):
+    from train import eval as evaluate_cli
+    from train import fit
+
+    out = tmp_path / "run"
+    fit.main(["--config", str(TINY_FG), f"data_root={synth}", f"out_dir={out}", "max_steps=2", "progress=false"])
+    base = evaluate_cli.main(["--config", str(TINY_FG), f"data_root={synth}", f"out_dir={out}", "--prompts", "none"])
+    text = capsys.readouterr().out
+    assert "frozen CLIP, no prompts" in text and "gallery: all unseen-class photos" in text
+    trained = evaluate_cli.main(["--config", str(TINY_FG), f"data_root={synth}", "--prompts", str(out / "prompts.safetensors"),
+                                 "--output", str(tmp_path / "e.json"), "fg_gallery=category"])
+    assert set(base["metrics"]) == {"Acc@1", "Acc@5", "Acc@10"} and trained["gallery"] == "photos of the sketch's class"
+    assert json.loads((tmp_path / "e.json").read_text())["metrics"] == trained["metrics"]
+    # the in-training evaluation and the CLI agree on the same prompts
+    assert json.loads((out / "eval.json").read_text())["metrics_category_gallery"] == pytest.approx(trained["metrics"])
+
+
+@pytest.mark.slow
+def test_two_process_cpu_run(tmp_path, synth):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+           *fit_cmd(TINY, synth, out, "max_steps=6", "eval_every=3", "checkpoint_every=3", "eval_batch_size=16")[1:]]
+    proc = subprocess.run(cmd, env={**env(), "ACCELERATE_USE_CPU": "1"}, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "[rank 1]" in proc.stderr or (out / "step_6" / "random_states_1.pkl").is_file()
+    ranks = json.loads((out / "ranks.json").read_text())
+    assert ranks == {"world_size": 2, "identical": True, "max_abs_diff": 0.0}
+    evals = [r for r in read_jsonl(out / "metrics.jsonl") if "eval" in r]
+    assert [r["step"] for r in evals] == [3, 6]
+    for r in evals:  # 72 unseen sketches, 36 photos, padded across ranks in batches of 16; gathered without duplicates
+        assert r["gather"]["sketch"] == {"gathered": 72, "unique": 72, "expected": 72}
+        assert r["gather"]["photo"] == {"gathered": 36, "unique": 36, "expected": 36}
+    per_step = [r for r in read_jsonl(out / "metrics.jsonl") if "loss" in r]
+    assert all(r["samples_per_s"] > 0 for r in per_step)
+    assert (out / "step_6" / "random_states_1.pkl").is_file()
+    enc = SketchPhotoEncoder.load(EncoderConfig(model="zsdemo-tiny-vit", pretrained="none", prompts=str(out / "prompts.safetensors")))
+    assert enc.prompted.spec.n_prompts == 3
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended (rc {proc.returncode}) before {path} appeared: {proc.stderr.read()[-2000:]}")
+        if time.time() > deadline:
+            raise AssertionError(f"{path} did not appear")
+        time.sleep(0.02)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", [TINY, TINY_FG], ids=["category", "fine_grained"])
+def test_kill_and_resume_matches_uninterrupted(tmp_path, synth, config):
+    # 168 seen sketches / batch 16 = 10 batches an epoch: the interruptions fall mid-epoch, the runs cross epochs
+    common = ["max_steps=14", "checkpoint_every=2", "keep_checkpoints=0", "augment=true", "log_every=1"]
+    ref = subprocess.run(fit_cmd(config, synth, tmp_path / "ref", *common), env=env(), capture_output=True, text=True, timeout=240)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    out = tmp_path / "resumed"
+    # 1) simulated crash: hard exit right after the step-6 checkpoint
+    crash = subprocess.run(fit_cmd(config, synth, out, *common, "stop_after_steps=6"), env=env(), capture_output=True, text=True, timeout=240)
+    assert crash.returncode == 3, crash.stderr[-3000:]
+    assert not (out / "prompts.safetensors").exists() and (out / "step_6" / "trainer_state.json").is_file()
+    assert json.loads((out / "step_6" / "trainer_state.json").read_text()) == {"step": 6, "epoch": 0, "batch_in_epoch": 6}
+    # 2) resume, then SIGKILL once step 10 is on disk (wherever the run is by then), leaving maybe a partial folder
+    proc = subprocess.Popen(fit_cmd(config, synth, out, *common, "--resume"), env=env(), stderr=subprocess.PIPE, text=True)
+    wait_for(out / "step_10" / "trainer_state.json", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL and not (out / "prompts.safetensors").exists()
+    for partial in out.glob("step_*"):
+        if not (partial / "trainer_state.json").exists():
+            shutil.rmtree(partial)  # what a kill mid-save leaves behind is ignored by --resume anyway
+    # 3) resume to the end
+    done = subprocess.run(fit_cmd(config, synth, out, *common, "--resume"), env=env(), capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resumed from" in done.stderr
+    a, b = load_prompts(tmp_path / "ref" / "prompts.safetensors"), load_prompts(out / "prompts.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    # the per-step losses after the resume are the uninterrupted run's losses
+    ref_loss = {r["step"]: r["loss"] for r in read_jsonl(tmp_path / "ref" / "metrics.jsonl") if "loss" in r}
+    res_loss = {r["step"]: r["loss"] for r in read_jsonl(out / "metrics.jsonl") if "loss" in r}
+    assert all(res_loss[s] == ref_loss[s] for s in res_loss)
+    logged = [r["step"] for r in read_jsonl(out / "metrics.jsonl") if "loss" in r]
+    assert sorted(set(logged)) == list(range(1, 15)) and logged[:6] == [1, 2, 3, 4, 5, 6]
+    assert logged.count(3) == 1 and logged.count(7) == 1  # resumed from checkpoints, never retrained from scratch
+    assert json.loads((out / "step_14" / "trainer_state.json").read_text())["epoch"] == 1
