@@ -36,12 +36,12 @@ def test_canvas_value_is_a_sketchpad_dict_with_ink():
     assert clean_sketch(value).width > 10
 
 
-def test_clustered_vectors_are_unit_length():
-    vectors, centres = bench.clustered_unit_vectors(500, 64, seed=0)
-    assert vectors.shape == (500, 64) and vectors.dtype == np.float32
+def test_synthetic_embeddings_are_unit_length_and_not_trivially_separable():
+    vectors, queries = bench.synthetic_embeddings(500, 64, seed=0, n_queries=7)
+    assert vectors.shape == (500, 64) and queries.shape == (7, 64) and vectors.dtype == np.float32
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
-    queries = bench.queries_near(centres, 7, seed=1)
     assert np.allclose(np.linalg.norm(queries, axis=1), 1.0, atol=1e-5)
+    assert 0.1 < float((vectors[:100] @ vectors[:100].T).mean()) < 0.9
 
 
 def test_linear_self_attention_matches_multihead_attention():
