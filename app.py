@@ -282,7 +282,7 @@ class Backend:
         if s.phase == "ready":
             return ""
         if s.phase == "error":
-            return f"<div class='zs-banner zs-error'>⚠️ {html.escape(s.message)}</div>"
+            return f"<div class='zs-banner zs-error'>⚠️ {html.escape(s.message).replace(chr(10), '<br>')}</div>"
         pct = f" {100 * s.done // s.total}%" if s.total else ""
         bar = f"<progress value='{s.done}' max='{s.total}'></progress>{pct}" if s.total else "<progress></progress>"
         return f"<div class='zs-banner'>⏳ {html.escape(s.message)} {bar}</div>"
