@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
 
 from conftest import TINY_MODEL
 from zsdemo import bench
-from zsdemo.encoder import EncoderConfig, LinearSelfAttention, SketchPhotoEncoder, linearize_attention
+from zsdemo.encoder import (
+    EncoderConfig,
+    LinearSelfAttention,
+    SketchPhotoEncoder,
+    cls_only_last_block,
+    create_clip,
+    linearize_attention,
+)
 from zsdemo.preprocess import clean_sketch
+from zsdemo.prompts import PromptedViT, PromptSpec
 
 
 def test_quick_bench_runs_and_reports_every_section(capsys):
@@ -80,3 +90,17 @@ def test_query_path_falls_back_to_fp32_when_too_far_from_it(monkeypatch):
     sketch = [bench.draw_canvas(1, size=160)]
     images = torch.stack([encoder.transform(clean_sketch(s)) for s in sketch])
     assert np.array_equal(encoder.encode_sketches(sketch), encoder.prompted(images, "sketch").detach().numpy())
+
+
+@pytest.mark.parametrize("spec", [PromptSpec(0), PromptSpec(3), PromptSpec(3, deep=True, shared=True, layernorm=True)])
+def test_cls_only_last_block_is_exact_in_fp32(spec):
+    clip = create_clip(TINY_MODEL, "none")
+    prompted = PromptedViT(clip.visual, spec, generator=torch.Generator().manual_seed(1)).eval()
+    if spec.layernorm:
+        with torch.no_grad():
+            prompted.layernorms["shared"]["transformer__resblocks__1__ln_2__weight"].mul_(1.5)
+    fast = linearize_attention(copy.deepcopy(prompted))
+    assert cls_only_last_block(fast.visual)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        assert torch.allclose(fast(x, "sketch"), prompted(x, "sketch"), atol=1e-5)

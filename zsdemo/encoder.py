@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import socket
+import types
 import urllib.parse
 import warnings
 from collections.abc import Iterator, Sequence
@@ -382,6 +383,36 @@ class LinearSelfAttention(nn.Module):
         return self.out_proj(out.transpose(1, 2).reshape(batch, length, dim)), None
 
 
+def _cls_only_block_forward(self: nn.Module, q_x: torch.Tensor, k_x: torch.Tensor | None = None,
+                            v_x: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """ResidualAttentionBlock.forward that returns only the [CLS] row (B, 1, D): every token still serves
+    as key and value, but the output projection and the MLP run on one row instead of 50+."""
+    attn = self.attn
+    batch, length, dim = q_x.shape
+    h = self.ln_1(q_x)
+    qkv = attn.in_proj(h).view(batch, length, 3, attn.num_heads, dim // attn.num_heads).permute(2, 0, 3, 1, 4)
+    if attn_mask is not None:
+        attn_mask = ~attn_mask[:1] if attn_mask.dtype == torch.bool else attn_mask[:1]
+    out = F.scaled_dot_product_attention(qkv[0][:, :, :1], qkv[1], qkv[2], attn_mask=attn_mask)
+    x = q_x[:, :1] + self.ls_1(attn.out_proj(out.transpose(1, 2).reshape(batch, 1, dim)))
+    return x + self.ls_2(self.mlp(self.ln_2(x)))
+
+
+def cls_only_last_block(visual: nn.Module) -> bool:
+    """Make the last transformer block of a linearised open_clip ViT compute only the [CLS] output (in place).
+
+    Exact for [CLS]-token pooling (the outputs of the other tokens after the last block are never used);
+    returns False and changes nothing for other pooling types or block layouts.
+    """
+    blocks = getattr(getattr(visual, "transformer", None), "resblocks", None)
+    if (not blocks or getattr(visual, "pool_type", None) != "tok" or getattr(visual, "attn_pool", None) is not None
+            or getattr(visual, "final_ln_after_pool", False) or not isinstance(blocks[-1].attn, LinearSelfAttention)
+            or hasattr(blocks[-1], "ln_1_kv")):
+        return False
+    blocks[-1].forward = types.MethodType(_cls_only_block_forward, blocks[-1])
+    return True
+
+
 def linearize_attention(module: nn.Module) -> nn.Module:
     """Replace every nn.MultiheadAttention under `module` (in place) with an equivalent LinearSelfAttention."""
     for name, child in list(module.named_children()):
@@ -414,7 +445,8 @@ def make_query_model(prompted: PromptedViT, precision: str) -> nn.Module:
       fp32 model, which re-casts every weight on every call) is what makes it fast: measured by
       `python -m zsdemo bench`. Fast on CPUs with AVX512-BF16/AMX; slow on CPUs without native bf16.
     - int8: a copy with every nn.Linear *and* the attention projections (see LinearSelfAttention)
-      dynamically quantised to int8 (per-tensor activations, per-tensor weights, fbgemm/x86 kernels).
+      dynamically quantised to int8 (per-tensor activations and weights; packed for oneDNN when available),
+      whose last block computes only the [CLS] row (see cls_only_last_block).
     The bench prints each path's cosine to fp32; a path is acceptable only at cosine >= 0.99.
     """
     if precision == "fp32":
@@ -426,9 +458,16 @@ def make_query_model(prompted: PromptedViT, precision: str) -> nn.Module:
         from torch.ao.quantization import quantize_dynamic
 
         model = linearize_attention(copy.deepcopy(prompted)).eval()
-        with warnings.catch_warnings():  # torch.ao deprecation notices; the kernels are current
-            warnings.simplefilter("ignore")
-            model = quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+        cls_only_last_block(model.visual)
+        engine = torch.backends.quantized.engine
+        try:
+            with warnings.catch_warnings():  # torch.ao deprecation notices; the kernels are current
+                warnings.simplefilter("ignore")
+                if "onednn" in torch.backends.quantized.supported_engines:
+                    torch.backends.quantized.engine = "onednn"  # packs for oneDNN (VNNI/AMX): faster here
+                model = quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+        finally:
+            torch.backends.quantized.engine = engine
         return QueryModel(model, precision).eval()
     raise ZsdemoError(f"query_precision must be one of {', '.join(QUERY_PRECISIONS)}, not {precision!r}.")
 
