@@ -258,6 +258,21 @@ def run_benchmarks(model: str = "ViT-B-32-quickgelu", pretrained: str = "none", 
             verdict = f"{cos:.5f} (prompt overhead {'ok' if ratio <= 1.05 else 'OVER 1.05'})"
         print(row(name, p50(t), p95(t), p50(t) / stock_ms, verdict))
 
+    # the same comparison with one torch thread: shows how much of the time is thread synchronisation
+    # (which is what explodes when other processes compete for the cores)
+    threads = torch.get_num_threads()
+    query_default = encoders[default_precision].query_model(default_precision)
+    try:
+        torch.set_num_threads(1)
+        with torch.inference_mode():
+            lat1 = interleaved({"stock": lambda: stock(x1), "default": lambda: query_default(x1, "sketch")},
+                               max(4, repeats // 2))
+    finally:
+        torch.set_num_threads(threads)
+    results["one_thread"] = {"stock_ms": p50(lat1["stock"]), "default_ms": p50(lat1["default"])}
+    print(f"with torch.set_num_threads(1): stock fp32 {p50(lat1['stock']):.1f} ms, {default_precision} (default) "
+          f"{p50(lat1['default']):.1f} ms = {p50(lat1['default']) / p50(lat1['stock']):.2f} x (vs {threads} threads above)")
+
     # -- 2. end to end: Sketchpad value -> SearchEngine.search_sketch -> hits ----------------------
     with tempfile.TemporaryDirectory(prefix="zsdemo-bench-") as tmp:
         tmp_dir = Path(tmp)
