@@ -183,3 +183,17 @@ def test_page_shows_startup_progress_until_ready(browser_app, tiny_encoder, tmp_
         wait_for(lambda: f"{len(backend.engine.gallery)} photos" in page.inner_text("#zs-info"), what="gallery size")
     finally:
         demo.close()
+
+
+def test_upload_a_sketch_in_the_page(browser_app, tmp_path):
+    from tests.conftest import draw_sketch
+
+    page, url, _ = browser_app
+    path = tmp_path / "uploaded-sketch.png"
+    draw_sketch(shape="box").save(path)
+    page.goto(url)
+    page.get_by_role("tab", name="Upload a sketch").click()
+    page.locator("#zs-upload input[type=file]").set_input_files(str(path))
+    wait_for(lambda: len(captions(page)) == 12, what="results for the uploaded sketch")
+    assert "best of" in page.inner_text("#zs-status")
+    page.screenshot(path=str(ARTIFACTS / "browser-upload.png"), full_page=True)
