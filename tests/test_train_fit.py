@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -179,3 +180,16 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path, synth, config):
     assert sorted(set(logged)) == list(range(1, 15)) and logged[:6] == [1, 2, 3, 4, 5, 6]
     assert logged.count(3) == 1 and logged.count(7) == 1  # resumed from checkpoints, never retrained from scratch
     assert json.loads((out / "step_14" / "trainer_state.json").read_text())["epoch"] == 1
+
+
+@pytest.mark.slow
+def test_bf16_and_gradient_accumulation(tmp_path, synth):
+    out = tmp_path / "acc"
+    proc = subprocess.run(fit_cmd(TINY, synth, out, "max_steps=3", "grad_accum=2", "mixed_precision=bf16", "log_every=1"),
+                          env=env(), capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "mixed precision bf16, grad accumulation 2" in proc.stderr
+    assert json.loads((out / "step_3" / "trainer_state.json").read_text()) == {"step": 3, "epoch": 0, "batch_in_epoch": 6}
+    records = [r for r in read_jsonl(out / "metrics.jsonl") if "loss" in r]
+    assert [r["step"] for r in records] == [1, 2, 3] and all(math.isfinite(r["loss"]) for r in records)
+    assert read_checkpoint(out / "prompts.safetensors").state["prompts.sketch"].dtype == torch.float32

@@ -17,6 +17,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import importlib.util
 import json
 import logging
 import math
@@ -66,6 +67,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         del argv[i:i + 2]
     cfg: TrainConfig = load_config(config_path, argv)
     out_dir = Path(cfg.out_dir)
+    if cfg.tensorboard and not any(importlib.util.find_spec(m) for m in ("tensorboard", "tensorboardX")):
+        raise SystemExit("tensorboard=true needs the tensorboard package: pip install tensorboard")
 
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision or None, gradient_accumulation_steps=cfg.grad_accum,
                               log_with="tensorboard" if cfg.tensorboard else None, project_dir=str(out_dir))
