@@ -257,7 +257,8 @@ def main() -> None:
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                     "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
                     "load_average_1m_at_end": os.getloadavg()[0]},
-        "model": args.model, "pretrained": args.pretrained, "gallery_photos": len(gallery) if gallery else None,
+        "model": args.model, "pretrained": args.pretrained,
+        "query_precision": getattr(getattr(encoder, "cfg", None), "query_precision", None), "gallery_photos": len(gallery) if gallery else None,
         "search_backend": getattr(gallery, "backend", None), "k": args.k, "canvas": args.canvas,
         "roundtrip_results_json": summary(json_only),
         "roundtrip_with_thumbnail_downloads": summary(with_files),
@@ -287,7 +288,7 @@ def main() -> None:
     print(f"\nmachine: {figures['machine']['cpu']}, {figures['machine']['cores']} cores, torch threads "
           f"{figures['machine']['torch_threads']}, load average {figures['machine']['load_average_1m_at_end']:.1f} "
           "(other jobs share these cores; compare the ratios)")
-    print(f"model {args.model} ({args.pretrained}), gallery {figures['gallery_photos']} photos "
+    print(f"model {args.model} ({args.pretrained}, query precision {figures['query_precision']}), gallery {figures['gallery_photos']} photos "
           f"({figures['search_backend']}), k={args.k}, canvas {args.canvas}px, {rt['n']} strokes")
     print(f"round trip, stroke -> ranked results (gradio_client):  p50 {rt['p50_ms']:.1f} ms  p95 {rt['p95_ms']:.1f} ms")
     print(f"round trip incl. downloading {args.k} thumbnails+preview: p50 {rtf['p50_ms']:.1f} ms  p95 {rtf['p95_ms']:.1f} ms")
