@@ -298,7 +298,9 @@ class Backend:
         else:
             prompts = "none (plain CLIP, no learned prompts)"
         size = f"{len(self.engine.gallery)} photos" if self.engine is not None else "being prepared"
-        return f"**Backbone:** `{d.get('model')}` · weights `{weights}`{warn}  \n**Prompts:** {prompts}  \n**Gallery:** {size}"
+        precision = getattr(getattr(self.encoder, "cfg", None), "query_precision", None)
+        query = f" · sketch queries in {precision}" if precision else ""
+        return f"**Backbone:** `{d.get('model')}` · weights `{weights}`{query}{warn}  \n**Prompts:** {prompts}  \n**Gallery:** {size}"
 
     def poll(self) -> tuple[str, str, gr.Timer]:
         """Timer callback while starting up: banner, info, and stop polling once settled."""
