@@ -227,6 +227,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             state["epoch"] += 1
             state["batch_in_epoch"] = 0
     bar.close()
+    if not result:  # resumed a run that had already finished: evaluate what is there
+        result = run_eval(state["step"])
     accelerator.wait_for_everyone()
     # every rank must hold the same learned tensors (DDP keeps them in sync); check it, record it
     flat = torch.cat([p.detach().float().flatten() for p in accelerator.unwrap_model(step_model).parameters() if p.requires_grad])
