@@ -110,14 +110,19 @@ def test_eval_cli_baseline_and_prompts(tmp_path, synth, capsys):
     assert json.loads((out / "eval.json").read_text())["metrics_category_gallery"] == pytest.approx(trained["metrics"])
 
 
-@pytest.mark.slow
-def test_two_process_cpu_run(tmp_path, synth):
-    out = tmp_path / "ddp"
+def torchrun(config: Path, data: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-           *fit_cmd(TINY, synth, out, "max_steps=6", "eval_every=3", "checkpoint_every=3", "eval_batch_size=16")[1:]]
-    proc = subprocess.run(cmd, env={**env(), "ACCELERATE_USE_CPU": "1"}, capture_output=True, text=True, timeout=240)
+           *fit_cmd(config, data, out, *extra)[1:]]
+    return subprocess.run(cmd, env={**env(), "ACCELERATE_USE_CPU": "1"}, capture_output=True, text=True, timeout=240)
+
+
+@pytest.mark.slow
+def test_two_process_cpu_run_and_resume(tmp_path, synth):
+    out = tmp_path / "ddp"
+    common = ["max_steps=6", "eval_every=3", "checkpoint_every=3", "eval_batch_size=16"]
+    proc = torchrun(TINY, synth, out, *common)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "[rank 1]" in proc.stderr or (out / "step_6" / "random_states_1.pkl").is_file()
+    assert (out / "step_6" / "random_states_1.pkl").is_file()  # rank 1 existed and saved its RNG state
     ranks = json.loads((out / "ranks.json").read_text())
     assert ranks == {"world_size": 2, "identical": True, "max_abs_diff": 0.0}
     evals = [r for r in read_jsonl(out / "metrics.jsonl") if "eval" in r]
@@ -127,9 +132,16 @@ def test_two_process_cpu_run(tmp_path, synth):
         assert r["gather"]["photo"] == {"gathered": 36, "unique": 36, "expected": 36}
     per_step = [r for r in read_jsonl(out / "metrics.jsonl") if "loss" in r]
     assert all(r["samples_per_s"] > 0 for r in per_step)
-    assert (out / "step_6" / "random_states_1.pkl").is_file()
     enc = SketchPhotoEncoder.load(EncoderConfig(model="zsdemo-tiny-vit", pretrained="none", prompts=str(out / "prompts.safetensors")))
     assert enc.prompted.spec.n_prompts == 3
+    # 2 ranks: 10 batches an epoch -> 5 per rank; crash after step 3 (mid-epoch), resume across the epoch boundary
+    resumed = tmp_path / "ddp_resumed"
+    crash = torchrun(TINY, synth, resumed, *common, "stop_after_steps=3")
+    assert crash.returncode != 0 and (resumed / "step_3" / "trainer_state.json").is_file()
+    done = torchrun(TINY, synth, resumed, *common, "--resume")
+    assert done.returncode == 0, done.stderr[-3000:]
+    a, b = load_prompts(out / "prompts.safetensors"), load_prompts(resumed / "prompts.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
