@@ -346,7 +346,7 @@ def run_benchmarks(model: str = "ViT-B-32-quickgelu", pretrained: str = "none", 
         for q in queries:
             exact_search(data, q, 10)
         results["exact_ms"][n] = (time.perf_counter() - t0) * 1000 / n_queries
-        print(row(f"{n:,} exact numpy", "-", results["exact_ms"][n], 1.0, "", widths=(34, 12, 12, 12, 2)))
+        print(row(f"{n:,} exact (exact_search)", "-", results["exact_ms"][n], 1.0, "", widths=(34, 12, 12, 12, 2)))
     for n in annoy_sizes:
         data = all_data[:n]
         truth = [set(exact_search(data, q, 10)[0].tolist()) for q in queries]
