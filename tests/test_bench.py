@@ -104,3 +104,14 @@ def test_cls_only_last_block_is_exact_in_fp32(spec):
     x = torch.randn(2, 3, 64, 64)
     with torch.inference_mode():
         assert torch.allclose(fast(x, "sketch"), prompted(x, "sketch"), atol=1e-5)
+
+
+def test_exact_search_torch_path_matches_numpy_sort():
+    from zsdemo.index import exact_search
+
+    vectors, queries = bench.synthetic_embeddings(3000, 64, seed=5, n_queries=5)
+    for q in queries:
+        ids, scores = exact_search(vectors, q, 10)  # float32, C-contiguous: scored with torch
+        ids64, scores64 = exact_search(vectors.astype(np.float64), q, 10)  # other dtypes: numpy
+        assert list(ids) == list(ids64) == list(np.argsort(-(vectors.astype(np.float64) @ q), kind="stable")[:10])
+        assert np.allclose(scores, scores64, atol=1e-5) and scores.dtype == np.float32
