@@ -46,11 +46,12 @@ class EncoderConfig:
 
     query_precision (sketch queries only; gallery photos are always encoded in fp32, so caches do not
     depend on it) defaults to "int8": dynamic int8 on every linear layer including the attention
-    projections (see make_query_model). Measured by `python -m zsdemo bench` on the 2-core development
-    machine (Xeon with AVX512-VNNI/AMX, ViT-B/32, one image, quiet machine): stock fp32 ~55 ms, int8
-    ~25 ms (cosine to fp32 >= 0.9998 with random weights), bf16 weights ~27 ms (cosine 0.99995; slow on
-    CPUs without native bf16), bf16 autocast ~45 ms, int8 on nn.Linear only ~37 ms. int8 is the fastest
-    and runs on any x86 CPU with AVX2. Because real CLIP weights may quantise worse than random ones, the
+    projections, last block on [CLS] only (see make_query_model). Measured by `python -m zsdemo bench` on
+    the 2-core development machine (Xeon with AVX512-VNNI/AMX, random-init ViT-B/32, one image, interleaved
+    runs): stock fp32 ~59 ms, int8 ~24 ms (0.41x; cosine to fp32 0.9998), bf16 weights ~30 ms (0.51x;
+    cosine 0.99995; slow on CPUs without native bf16), bf16 autocast ~57 ms, int8 on nn.Linear only
+    ~39 ms; end to end (800x800 canvas -> ranked hits, 10k gallery) int8 ~32 ms = 0.54x stock. int8 is
+    the fastest and runs on any x86 CPU with AVX2. Because real CLIP weights may quantise worse than random ones, the
     encoder checks the query path against fp32 on built-in probe sketches when it loads and falls back to
     fp32 (with a warning) if the cosine is below MIN_QUERY_COSINE (0.99). Set "fp32" for bit-exact output.
     """
@@ -249,7 +250,14 @@ class SketchPhotoEncoder:
         if precision == "int8" and torch.device(self.cfg.device).type != "cpu":
             log.warning("query_precision=int8 runs on the CPU only; using fp32 on %s.", self.cfg.device)
             return self.prompted
-        return make_query_model(self.prompted, precision)
+        if precision not in QUERY_PRECISIONS:
+            raise ZsdemoError(f"query_precision must be one of {', '.join(QUERY_PRECISIONS)}, not {precision!r}.")
+        try:
+            return make_query_model(self.prompted, precision)
+        except Exception as exc:  # e.g. a torch build without torch.ao quantization (deprecated upstream)
+            log.warning("query_precision=%s is unavailable here (%s: %s); sketch queries use fp32.", precision,
+                        type(exc).__name__, exc)
+            return self.prompted
 
     @torch.inference_mode()
     def probe_cosine(self, model: torch.nn.Module, n: int = 4) -> float:
