@@ -10,14 +10,8 @@ import torch
 
 from conftest import TINY_MODEL
 from zsdemo import bench
-from zsdemo.encoder import (
-    EncoderConfig,
-    LinearSelfAttention,
-    SketchPhotoEncoder,
-    cls_only_last_block,
-    create_clip,
-    linearize_attention,
-)
+from zsdemo.encoder import EncoderConfig, SketchPhotoEncoder, create_clip
+from zsdemo.precision import LinearSelfAttention, cls_only_last_block, linearize_attention
 from zsdemo.preprocess import clean_sketch
 from zsdemo.prompts import PromptedViT, PromptSpec
 

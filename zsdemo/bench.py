@@ -27,10 +27,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from zsdemo.encoder import QUERY_PRECISIONS, EncoderConfig, SketchPhotoEncoder
+from zsdemo.encoder import EncoderConfig, SketchPhotoEncoder
 from zsdemo.engine import SearchEngine
 from zsdemo.gallery import Gallery, write_generation
 from zsdemo.index import AnnoySearcher, IndexConfig, build_annoy, exact_search
+from zsdemo.precision import QUERY_PRECISIONS
 from zsdemo.preprocess import clean_sketch
 from zsdemo.prompts import PromptSpec
 
