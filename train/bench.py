@@ -43,7 +43,7 @@ from train.losses import category_losses
 from train.model import build_model, spec_for
 
 log = logging.getLogger("train.bench")
-PRETRAIN_STEPS = 1500
+PRETRAIN_STEPS = 3000
 
 
 def throughput(model_name: str, batch_size: int, steps: int, n_classes: int, precision: str, device: str) -> dict[str, Any]:

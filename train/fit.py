@@ -28,6 +28,7 @@ import time
 from typing import Any
 
 import torch
+import yaml
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
@@ -48,6 +49,23 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
     found = [(int(m.group(1)), p) for p in Path(out_dir).glob("step_*")
              if (m := re.fullmatch(r"step_(\d+)", p.name)) and (p / STATE_FILE).is_file()]
     return max(found)[1] if found else None
+
+
+RESUME_KEYS = ("setting", "model", "pretrained", "n_prompts", "deep", "layernorm")
+
+
+def check_resume_config(out_dir: Path, cfg: TrainConfig) -> None:
+    """--resume: the run's saved config.yaml must name the same model, weights and prompt spec as `cfg`."""
+    saved_file = out_dir / "config.yaml"
+    if not saved_file.is_file():
+        log.warning("--resume: %s is missing; cannot check that the model and prompt spec match", saved_file)
+        return
+    saved = yaml.safe_load(saved_file.read_text()) or {}
+    diff = {k: (saved.get(k), getattr(cfg, k)) for k in RESUME_KEYS if saved.get(k) != getattr(cfg, k)}
+    if diff:
+        detail = "; ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in diff.items())
+        raise SystemExit(f"--resume: {out_dir} was trained with a different model/weights/prompt spec ({detail}). "
+                         "Use the same settings, or a new out_dir.")
 
 
 def prune_checkpoints(out_dir: Path, keep: int) -> None:
@@ -79,6 +97,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     set_seed(cfg.seed)
     log.info("%d process(es), device %s, mixed precision %s, grad accumulation %d",
              accelerator.num_processes, accelerator.device, accelerator.mixed_precision, cfg.grad_accum)
+
+    if cfg.resume and latest_checkpoint(out_dir) is not None:
+        check_resume_config(out_dir, cfg)  # before anything is built or loaded
 
     # ---- data first: a wrong folder fails here, before any model is built -------------------------
     if cfg.generate_synthetic and not Path(cfg.data_root).exists():

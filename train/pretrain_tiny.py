@@ -1,6 +1,6 @@
 """A stand-in for CLIP pretraining at tiny scale: train the whole `zsdemo-tiny-vit` on synthetic PHOTOS.
 
-    python train/pretrain_tiny.py OUT.safetensors [--steps 1500] [--seed 1] [--photos-per-class 200]
+    python train/pretrain_tiny.py OUT.safetensors [--steps 3000] [--seed 1] [--photos-per-class 200]
 
 Both towers train from random init with a CLIP-style image-text objective: every photo's embedding is
 scored against the text embeddings of "a photo of a {shape}" for all pretraining shapes (logit_scale
@@ -72,8 +72,8 @@ def clip_loss(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor
     return (loss_i + loss_t) / 2
 
 
-def pretrain(out: str | Path | None, steps: int = 1500, seed: int = 1, photos_per_class: int = 200,
-             batch_size: int = 64, lr: float = 1e-3, shapes: Sequence[str] = SHAPES) -> dict[str, Any]:
+def pretrain(out: str | Path | None, steps: int = 3000, seed: int = 1, photos_per_class: int = 200,
+             batch_size: int = 64, lr: float = 2e-3, shapes: Sequence[str] = SHAPES) -> dict[str, Any]:
     """Train the tiny CLIP on photos; write its state dict to `out` (.safetensors) when given.
 
     Returns {"path", "losses" (one per step), "train_acc" (final, on the pool), "seconds"}.
@@ -126,10 +126,10 @@ def pretrain(out: str | Path | None, steps: int = 1500, seed: int = 1, photos_pe
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description="Pretrain the tiny open_clip model on synthetic photos (CLIP stand-in).")
     parser.add_argument("out", help="output .safetensors file")
-    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--photos-per-class", type=int, default=200)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--exclude", nargs="*", default=[], help="shapes left out of pretraining")
     args = parser.parse_args(argv)
     if not args.out.endswith(".safetensors"):
