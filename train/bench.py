@@ -12,7 +12,7 @@ Steps of the two alternate, so machine noise hits both alike; the ratio is the f
 
 Learning check: first a stand-in for CLIP pretraining (train/pretrain_tiny.py: the whole tiny CLIP
 trained on synthetic photos only, no sketches), or `--pretrained-tiny FILE` to reuse one; then the tiny
-synthetic prompt-learning run (train/configs/tiny.yaml) on that backbone -> unseen-class mAP@all of the
+synthetic prompt-learning run (train/configs/tiny.yaml, epochs=60 by default) on that backbone -> unseen-class mAP@all of the
 frozen pretrained backbone (no prompts: the baseline row), of the untrained prompts (step 0) and after
 training, side by side, plus the same on the seen (training) classes, and the frozen random-init
 backbone for reference. All rows use the same data and train/eval.py's `evaluate`. Synthetic shapes
