@@ -13,6 +13,8 @@ from train.losses import (
     cosine_distance,
     delta_loss,
     fine_grained_losses,
+    term_gradient_norms,
+    term_weights,
     triplet_loss,
 )
 
@@ -24,7 +26,7 @@ def unit(theta: float) -> list[float]:
 def test_cosine_distance_known_values():
     a = torch.tensor([[1.0, 0.0], [1.0, 0.0], [2.0, 0.0]])
     b = torch.tensor([[0.0, 3.0], [-1.0, 0.0], [5.0, 0.0]])
-    assert torch.allclose(cosine_distance(a, b), torch.tensor([1.0, 2.0, 0.0]))
+    assert torch.allclose(cosine_distance(a, b), torch.tensor([1.0, 2.0, 0.0]), rtol=0, atol=1e-6)
 
 
 def test_triplet_loss_values_and_gradient():
@@ -33,7 +35,7 @@ def test_triplet_loss_values_and_gradient():
     neg = torch.tensor([[0.0, 1.0], unit(math.pi / 3)], requires_grad=True)
     # row 0: 0.3 + 0 - 1 < 0 -> 0 (satisfied); row 1: 0.3 + 1 - 0.5 = 0.8
     loss = triplet_loss(anchor, pos, neg, margin=0.3)
-    assert loss.item() == pytest.approx(0.4)
+    assert loss.item() == pytest.approx(0.4, abs=1e-6)
     loss.backward()
     assert torch.count_nonzero(pos.grad[0]) == 0 and torch.count_nonzero(neg.grad[0]) == 0  # inactive triplet
     assert pos.grad[1].abs().sum() > 0 and neg.grad[1].abs().sum() > 0
@@ -112,3 +114,33 @@ def test_fine_grained_total_is_weighted_sum_and_all_terms_carry_gradient():
     out["loss"].backward()
     for v in views:
         assert v.grad is not None and v.grad.abs().sum() > 0
+
+
+def test_delta_temperature_sharpens_small_deltas():
+    """Cosine deltas of about +-0.2 give a nearly flat softmax at tau = 1; KL grows about as 1 / tau^2."""
+    anchor, pos, neg, _ = _delta_batch([0.0, 0.6, 0.3, 0.0, 0.2, 0.5])  # deltas 0 .. 0.17
+    flat = delta_loss(anchor, pos, neg, n_classes=2, tau=1.0).item()
+    sharp = delta_loss(anchor, pos, neg, n_classes=2, tau=0.1).item()
+    assert 0 < flat < 1e-2 and 30 < sharp / flat < 200  # measured 0.0048 vs 0.53
+    # tau is a plain rescaling of delta: tau = 0.5 on delta equals tau = 1 on 2 * delta (hand-computed test above)
+    anchor, pos, neg, _ = _delta_batch([0.0, 0.0, math.acos(0.5), 0.0])  # deltas (0, 0), (0.5, 0)
+    b = [math.e / (1 + math.e), 1 / (1 + math.e)]
+    expected = (sum(0.5 * math.log(0.5 / q) for q in b) + sum(q * math.log(q / 0.5) for q in b)) / 2
+    assert delta_loss(anchor, pos, neg, n_classes=2, tau=0.5).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_term_gradient_norms_measure_each_weighted_term():
+    g = torch.Generator().manual_seed(2)
+    views = tuple(torch.randn(8, 16, generator=g, requires_grad=True) for _ in range(6))
+    text = torch.randn(2, 16, generator=g)
+    labels = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    out = fine_grained_losses(*views[:3], labels, *views[3:], text, 100.0, n_classes=2, delta_tau=0.1)
+    weights = term_weights("fine_grained", cls_weight=0.5, delta_weight=0.1, ps_weight=0.0)
+    sizes = term_gradient_norms(out, weights, views)
+    assert set(sizes) == {"hard_triplet", "cls_sketch", "cls_photo", "delta", "patch_shuffle"}
+    assert sizes["patch_shuffle"] == 0.0 and sizes["delta"] > 0 and sizes["hard_triplet"] > 0
+    manual = torch.autograd.grad(0.1 * out["delta"], views[:3], retain_graph=True)
+    assert sizes["delta"] == pytest.approx(float(torch.sqrt(sum((m ** 2).sum() for m in manual))), rel=1e-5)
+    out["loss"].backward()  # the graph is still there for the real backward
+    assert views[0].grad is not None
+    assert set(term_weights("category")) == {"triplet", "cls_sketch", "cls_photo"}

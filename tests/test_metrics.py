@@ -35,30 +35,30 @@ def sake_reference_ap(scores: np.ndarray, gt_labels: np.ndarray, inst_id: int, t
 def test_conventions_differ_025_vs_1():
     # one hit at rank 1 of the top 4, R = 4 relevant photos in the gallery
     rel = np.array([1, 0, 0, 0, 1, 1, 1], dtype=bool)
-    assert average_precision(rel, 4, k=4, convention="sake")[0] == pytest.approx(0.25)
-    assert average_precision(rel, 4, k=4, convention="torchmetrics")[0] == pytest.approx(1.0)
+    assert average_precision(rel, 4, k=4, convention="sake")[0] == pytest.approx(0.25, abs=1e-9)
+    assert average_precision(rel, 4, k=4, convention="torchmetrics")[0] == pytest.approx(1.0, abs=1e-9)
 
 
 def test_hand_computed_rankings():
     # precisions at the hits 1, 2/3, 3/5 (already decreasing: interpolation changes nothing)
     rel = np.array([1, 0, 1, 0, 1], dtype=bool)
     expected = (1 + 2 / 3 + 3 / 5) / 3
-    assert average_precision(rel, 3, convention="sake")[0] == pytest.approx(expected)
-    assert average_precision(rel, 3, convention="torchmetrics")[0] == pytest.approx(expected)
+    assert average_precision(rel, 3, convention="sake")[0] == pytest.approx(expected, abs=1e-9)
+    assert average_precision(rel, 3, convention="torchmetrics")[0] == pytest.approx(expected, abs=1e-9)
     # interpolation matters: hits at ranks 2 and 3 -> precisions 1/2, 2/3; VOC takes max over later ranks
     rel = np.array([0, 1, 1], dtype=bool)
-    assert average_precision(rel, 2, convention="sake")[0] == pytest.approx(2 / 3)
-    assert average_precision(rel, 2, convention="torchmetrics")[0] == pytest.approx((1 / 2 + 2 / 3) / 2)
+    assert average_precision(rel, 2, convention="sake")[0] == pytest.approx(2 / 3, abs=1e-9)
+    assert average_precision(rel, 2, convention="torchmetrics")[0] == pytest.approx((1 / 2 + 2 / 3) / 2, abs=1e-9)
     # AP@3 with R = 10 > k: SAKE denominator min(3, 10) = 3, torchmetrics denominator = 2 hits
     rel = np.array([1, 0, 1, 1, 1], dtype=bool)
-    assert average_precision(rel, 10, k=3, convention="sake")[0] == pytest.approx((1 + 2 / 3) / 3)
-    assert average_precision(rel, 10, k=3, convention="torchmetrics")[0] == pytest.approx((1 + 2 / 3) / 2)
+    assert average_precision(rel, 10, k=3, convention="sake")[0] == pytest.approx((1 + 2 / 3) / 3, abs=1e-9)
+    assert average_precision(rel, 10, k=3, convention="torchmetrics")[0] == pytest.approx((1 + 2 / 3) / 2, abs=1e-9)
     # no hit in the top k
     rel = np.array([0, 0, 1], dtype=bool)
     assert average_precision(rel, 1, k=2, convention="sake")[0] == 0.0
     assert average_precision(rel, 1, k=2, convention="torchmetrics")[0] == 0.0
-    assert precision_at_k(np.array([1, 0, 1, 1], dtype=bool), 2)[0] == pytest.approx(0.5)
-    assert precision_at_k(np.array([1, 0, 1, 1], dtype=bool), 4)[0] == pytest.approx(0.75)
+    assert precision_at_k(np.array([1, 0, 1, 1], dtype=bool), 2)[0] == pytest.approx(0.5, abs=1e-9)
+    assert precision_at_k(np.array([1, 0, 1, 1], dtype=bool), 4)[0] == pytest.approx(0.75, abs=1e-9)
 
 
 def _random_retrieval(seed: int, n_q: int = 40, n_g: int = 300, n_cls: int = 5, dim: int = 16):
@@ -83,7 +83,7 @@ def test_against_sklearn_and_sake_reference(seed):
     assert tm["mAP@all"] == pytest.approx(sk, abs=1e-6)  # non-interpolated AP on the full ranking = scikit-learn
     assert sake["mAP@all"] == pytest.approx(sake_all, abs=1e-6)
     assert sake["mAP@200"] == pytest.approx(sake_200, abs=1e-6)
-    assert sake["P@100"] == pytest.approx(p100) and tm["P@100"] == pytest.approx(p100)
+    assert sake["P@100"] == pytest.approx(p100, abs=1e-9) and tm["P@100"] == pytest.approx(p100, abs=1e-9)
     assert sake["mAP@all"] >= tm["mAP@all"] - 1e-9  # interpolation never lowers AP
     assert 0.25 < sk < 0.95  # neither trivial nor perfect
 

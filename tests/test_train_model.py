@@ -42,22 +42,24 @@ def test_step_model_routes_branches_and_saves_only_learned(tiny_encoder):
     g = torch.Generator().manual_seed(0)
     s, p, n = (torch.randn(3, 3, 64, 64, generator=g) for _ in range(3))
     es, ep, en = model(s, p, n)
-    assert torch.allclose(es, model.prompted(s, "sketch")) and torch.allclose(ep, model.prompted(p, "photo"))
-    assert not torch.allclose(model.prompted(s, "photo"), es)
+    # explicit tolerances: batched vs unbatched matmuls differ by ~1e-7 on AVX2 CPUs (AMD EPYC)
+    assert torch.allclose(es, model.prompted(s, "sketch"), rtol=1e-4, atol=1e-5)
+    assert torch.allclose(ep, model.prompted(p, "photo"), rtol=1e-4, atol=1e-5)
+    assert (model.prompted(s, "photo") - es).abs().max() > 1e-2  # the branches really differ
     state = model.state_dict()
     assert set(state) == set(model.trainable_names()) and len(state) == 2 + 2 * 2 * 6  # 6 LayerNorms in 2 layers
     _, other = build_model("zsdemo-tiny-vit", "none", spec_for("category"), seed=2)
     other.load_state_dict(state)
-    assert torch.allclose(other(s, p, n)[0], es)
+    assert torch.allclose(other(s, p, n)[0], es, rtol=1e-4, atol=1e-5)
     with pytest.raises(KeyError):
         other.load_state_dict({k: v for k, v in list(state.items())[1:]})
 
 
 def test_text_embeddings_are_normalised_per_class(tiny_encoder):
     feats = class_text_embeddings(tiny_encoder.clip, "zsdemo-tiny-vit", ["star", "hot_air_balloon"])
-    assert feats.shape == (2, 32) and torch.allclose(feats.norm(dim=-1), torch.ones(2))
+    assert feats.shape == (2, 32) and torch.allclose(feats.norm(dim=-1), torch.ones(2), rtol=0, atol=1e-5)
     expected = tiny_encoder.encode_text(["a photo of a hot air balloon"])
-    assert torch.allclose(feats[1], torch.from_numpy(expected[0]), atol=1e-5)
+    assert torch.allclose(feats[1], torch.from_numpy(expected[0]), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("setting", ["category", "fine_grained"])
@@ -72,7 +74,7 @@ def test_exported_prompts_load_unchanged_in_engine(tmp_path, setting):
     assert encoder.prompted.spec == spec_for(setting)
     x = torch.randn(2, 3, 64, 64)
     for modality in ("sketch", "photo"):
-        assert torch.allclose(encoder.encode_tensor(x, modality), model.prompted.eval()(x, modality), atol=1e-6)
+        assert torch.allclose(encoder.encode_tensor(x, modality), model.prompted.eval()(x, modality), rtol=1e-4, atol=1e-5)
 
 
 def test_prompts_and_layernorms_can_fit_a_batch():

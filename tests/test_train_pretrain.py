@@ -26,7 +26,7 @@ def test_pretrained_file_loads_through_the_engine_and_differs_from_random(tmp_pa
     assert set(saved) == set(loaded)  # the whole CLIP model, both towers
     for name in ("visual.conv1.weight", "visual.proj", "text_projection"):
         assert torch.equal(loaded[name], saved[name])
-        assert not torch.allclose(loaded[name], random[name])
+        assert (loaded[name] - random[name]).abs().max() > 1e-3
     enc = SketchPhotoEncoder.load(EncoderConfig(model="zsdemo-tiny-vit", pretrained=str(out), query_precision="fp32"))
     assert torch.equal(enc.clip.visual.conv1.weight, saved["visual.conv1.weight"])
 

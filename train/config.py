@@ -22,14 +22,23 @@ class TrainConfig:
     # ---- data ---------------------------------------------------------------------------
     setting: str = "category"  # category | fine_grained
     data_root: str = "data/Sketchy"
+    # Folder layout: a named preset (train/layouts.py: sketchy_ext, sketchy_ext_sake, sketchy_fg, sketchy_fg_sake,
+    # tuberlin_sake, tuberlin_sempcyc, quickdraw) fills sketch_dir/photo_dir; explicit keys override it.
+    layout: str = ""
     sketch_dir: str = "sketch"  # <data_root>/<sketch_dir>/<class>/<files>
-    photo_dir: str = "photo"  # <data_root>/<photo_dir>/<class>/<files>
+    # <data_root>/<photo_dir>/<class>/<files>; a list of folders = the union of their photos per class
+    # (Sketchy-ext's standard gallery is the original Sketchy photos plus the extended ones)
+    photo_dir: list[str] = field(default_factory=lambda: ["photo"])
     split: str = "sketchy"  # built-in unseen-class list (sketchy | tuberlin | quickdraw) or "custom"
     unseen_classes: list[str] = field(default_factory=list)  # used when split == "custom"
     generate_synthetic: bool = False  # write train.synthetic data to data_root first if it does not exist
     benchmark: str = "sketchy"  # which Table 1 column to print beside: sketchy | tuberlin | quickdraw | sketchy_fg
     num_workers: int = 2
     augment: bool = True  # light train-time augmentation (random resized crop 0.8-1, horizontal flip)
+    # Sketch geometry: "ink" = the engine's clean_sketch (crop to the ink, pad to a square: what the app does);
+    # "none" = the whole canvas, framed exactly like a photo, so a Sketchy sketch stays aligned with its photo;
+    # "auto" = ink for category-level, none for fine-grained (the patch-shuffle loss needs aligned pairs).
+    sketch_crop: str = "auto"
     # ---- model --------------------------------------------------------------------------
     model: str = "ViT-B-32-quickgelu"
     pretrained: str = "openai"
@@ -41,6 +50,9 @@ class TrainConfig:
     batch_size: int = 64  # triplets per process per micro-batch
     epochs: int = 60
     max_steps: int = 0  # optimiser steps; 0 = epochs * steps per epoch
+    # lr_preset: "paper" = 1e-5 for prompts and LayerNorms (the paper); "authors" = 1e-4 prompts, 1e-6 LayerNorm
+    # (the authors' released code). Explicit lr_prompt / lr_layernorm override the preset.
+    lr_preset: str = ""
     lr_prompt: float = 1e-5
     lr_layernorm: float = 1e-5
     weight_decay: float = 0.0
@@ -52,6 +64,9 @@ class TrainConfig:
     margin: float = 0.3
     cls_weight: float = 0.5
     delta_weight: float = 0.1  # fine-grained only
+    # L_delta softmax temperature: softmax(delta / delta_tau). Cosine deltas span about +-0.2, so tau = 1 (the
+    # paper's formula taken literally) gives an almost flat softmax and a near-zero gradient; see train/BENCH.md.
+    delta_tau: float = 0.1
     ps_weight: float = 1.0  # fine-grained only
     ps_margin: float = 0.3  # not published; our choice
     ps_grid: int = 2
@@ -60,7 +75,9 @@ class TrainConfig:
     # ---- evaluation, checkpoints, logging -----------------------------------------------
     eval_every: int = 0  # optimiser steps; 0 = only at the end
     eval_batch_size: int = 128
-    eval_max_queries: int = 0  # 0 = all unseen sketches
+    # In-training evaluations only (every eval_every steps): use this many evenly spaced queries, 0 = all.
+    # The final evaluation at the end of a run (eval.json) and train/eval.py always use every unseen sketch.
+    eval_max_queries: int = 0
     metric_convention: str = "sake"  # sake | torchmetrics
     fg_gallery: str = "unseen"  # fine-grained Acc@k gallery: unseen (all unseen photos) | category
     checkpoint_every: int = 500  # optimiser steps
@@ -69,6 +86,7 @@ class TrainConfig:
     tensorboard: bool = False
     progress: bool = True
     resume: bool = False
+    overwrite: bool = False  # a fresh run into a non-empty out_dir deletes that run folder first (else it refuses)
     stop_after_steps: int = 0  # testing: exit hard (os._exit) right after the checkpoint at this step
     push_to_hub: str = ""
 
@@ -84,6 +102,21 @@ class TrainConfig:
                              f"{self.instances_per_class} (P classes x Q instances)")
         if self.grad_accum < 1 or self.batch_size < 2:
             raise ValueError("grad_accum must be >= 1 and batch_size >= 2")
+        if self.sketch_crop not in ("auto", "ink", "none"):
+            raise ValueError(f"sketch_crop must be 'auto', 'ink' or 'none', not {self.sketch_crop!r}")
+        if self.delta_tau <= 0:
+            raise ValueError(f"delta_tau must be > 0, not {self.delta_tau}")
+        if not self.photo_dir:
+            raise ValueError("photo_dir needs at least one folder")
+        if self.resume and self.overwrite:
+            raise ValueError("resume and overwrite contradict each other: pick one")
+
+    @property
+    def sketch_mode(self) -> str:
+        """The resolved sketch_crop: 'ink' or 'none'."""
+        if self.sketch_crop != "auto":
+            return self.sketch_crop
+        return "none" if self.setting == "fine_grained" else "ink"
 
     @property
     def p_classes(self) -> int:
@@ -149,18 +182,51 @@ def parse_overrides(argv: list[str]) -> dict[str, str]:
     return out
 
 
+LR_PRESETS: dict[str, dict[str, float]] = {
+    "paper": {"lr_prompt": 1e-5, "lr_layernorm": 1e-5},  # Sain et al. 2023, section on implementation
+    "authors": {"lr_prompt": 1e-4, "lr_layernorm": 1e-6},  # the authors' released training script
+}
+
+
+def _preset_values(values: dict[str, Any]) -> dict[str, Any]:
+    """The keys that the presets named in `values` (layout, lr_preset) stand for."""
+    from train.layouts import LAYOUTS
+
+    out: dict[str, Any] = {}
+    layout = values.get("layout")
+    if layout:
+        if layout not in LAYOUTS:
+            raise ValueError(f"Unknown layout {layout!r}; known layouts: {sorted(LAYOUTS)}")
+        out.update(sketch_dir=LAYOUTS[layout].sketch_dir, photo_dir=list(LAYOUTS[layout].photo_dirs))
+    preset = values.get("lr_preset")
+    if preset:
+        if preset not in LR_PRESETS:
+            raise ValueError(f"Unknown lr_preset {preset!r}; known: {sorted(LR_PRESETS)}")
+        out.update(LR_PRESETS[preset])
+    return out
+
+
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | list[str] | None = None) -> TrainConfig:
-    """YAML file (optional) -> TrainConfig, then overrides (a dict, or CLI tokens). Unknown keys are errors."""
+    """YAML file (optional) -> TrainConfig, then overrides (a dict, or CLI tokens). Unknown keys are errors.
+
+    Presets (`layout`, `lr_preset`) expand into the keys they stand for. Precedence, lowest first: the YAML's
+    presets, the YAML's explicit keys, the overrides' presets, the overrides' explicit keys. So
+    `layout=sketchy_ext_sake` on the command line replaces the folders of a YAML file, and
+    `photo_dir=extended_photo` on the command line beats any layout.
+    """
     types_ = _field_types()
     values: dict[str, Any] = {}
     if path is not None:
         loaded = yaml.safe_load(Path(path).read_text()) or {}
         if not isinstance(loaded, dict):
             raise ValueError(f"{path}: expected a mapping of config keys")
+        values.update(_preset_values(loaded))
         values.update(loaded)
     if isinstance(overrides, list):
         overrides = parse_overrides(overrides)
-    values.update(overrides or {})
+    overrides = dict(overrides or {})
+    values.update(_preset_values(overrides))
+    values.update(overrides)
     unknown = sorted(set(values) - set(types_))
     if unknown:
         raise ValueError(f"Unknown config keys {unknown}; known keys: {sorted(types_)}")

@@ -3,12 +3,15 @@
 Folder layout read by every loader (the real datasets and `train.synthetic` alike):
 
     <data_root>/<sketch_dir>/<class>/<name>.(png|jpg|...)
-    <data_root>/<photo_dir>/<class>/<name>.(jpg|png|...)
+    <data_root>/<photo_dir>/<class>/<name>.(jpg|png|...)      photo_dir: one folder, or several (union)
 
-Typical settings (see train/configs): Sketchy-ext `sketch/tx_000000000000` + `extended_photo`
-(category-level) or `photo/tx_000000000000` (fine-grained, paired); TU-Berlin-ext `png_ready` +
-`ImageResized_ready`; QuickDraw-ext `sketch` + `photo`. Fine-grained pairing (Sketchy): the sketch
-`<photo-stem>-<n>.png` belongs to the photo `<photo-stem>.jpg` of the same class.
+The layouts of the public copies are named presets in `train/layouts.py` (Sketchy-ext's standard gallery
+is `photo/tx_000000000000` + `extended_photo`: 12,553 unseen photos). Fine-grained pairing (Sketchy): the
+sketch `<photo-stem>-<n>.png` belongs to the photo `<photo-stem>.jpg` of the same class.
+
+Unreadable or empty images do not stop a run: training draws a replacement from the same class (counted
+and logged as `skipped_loads`), evaluation leaves the file out of the queries or the gallery (listed in
+eval.json under `skipped_files`).
 
 Determinism: a sampler draws each epoch's plan (which sketch, positive, negative, permutations and
 augmentation seed) from (seed, epoch) only, so a resumed run sees exactly the batches an
@@ -30,14 +33,22 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
-from zsdemo.errors import ZsdemoError
-from zsdemo.preprocess import PHOTO_EXTENSIONS, Transform, clean_sketch, load_photo
+from zsdemo.errors import EmptySketchError, ZsdemoError
+from zsdemo.preprocess import (
+    DEFAULT_SKETCH_POLICY,
+    PHOTO_EXTENSIONS,
+    Transform,
+    clean_sketch,
+    flatten_to_rgb,
+    load_photo,
+    open_image,
+)
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = tuple(sorted(set(PHOTO_EXTENSIONS) | {".png", ".jpg", ".jpeg"}))
 
-# Unseen (test) classes of the standard zero-shot splits (DESIGN.md §3).
+# Unseen (test) classes of the standard zero-shot splits (Sketchy 104/21, TU-Berlin 220/30, QuickDraw 80/30).
 SPLITS: dict[str, tuple[str, ...]] = {
     "sketchy": ("bat", "cabin", "cow", "dolphin", "door", "giraffe", "helicopter", "mouse", "pear", "raccoon",
                 "rhinoceros", "saw", "scissors", "seagull", "skyscraper", "songbird", "sword", "tree",
@@ -53,6 +64,8 @@ SPLITS: dict[str, tuple[str, ...]] = {
 }
 # Seen/unseen class counts of the benchmarks, checked when a built-in split is used.
 EXPECTED_COUNTS = {"sketchy": (104, 21), "tuberlin": (220, 30), "quickdraw": (80, 30)}
+# What a corrupt, truncated, empty or blank image file raises when it is read.
+LOAD_ERRORS = (ZsdemoError, OSError, ValueError, SyntaxError, EOFError)
 
 
 class DataError(ZsdemoError):
@@ -104,17 +117,25 @@ def _list_images(folder: Path) -> list[Path]:
                   and not p.name.startswith("."))
 
 
-def _scan(root: Path, kind: str) -> dict[str, list[Path]]:
+def _scan(root: Path, kind: str, key: str) -> dict[str, list[Path]]:
     if not root.is_dir():
-        raise DataError(f"The {kind} folder {root} does not exist. Check data_root and {kind}_dir in the config "
-                        f"(expected {root}/<class>/<images>).")
+        raise DataError(f"The {kind} folder {root} does not exist. Check data_root, layout and {key} in the config "
+                        f"(expected {root}/<class>/<images>; `python train/check_data.py` lists the layouts).")
     classes = {d.name: _list_images(d) for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")}
     if not classes:
         raise DataError(f"The {kind} folder {root} has no class sub-folders (expected {root}/<class>/<images>).")
-    empty = [name for name, files in classes.items() if not files]
-    if empty:
-        raise DataError(f"{len(empty)} {kind} class folder(s) in {root} contain no images: {', '.join(empty[:10])}.")
     return classes
+
+
+def _scan_photos(root: Path, photo_dirs: Sequence[str]) -> dict[str, list[Path]]:
+    """Union of the photo folders, classes matched by normalised name (first folder's spelling kept)."""
+    merged: dict[str, list[Path]] = {}
+    spelling: dict[str, str] = {}
+    for photo_dir in photo_dirs:
+        for name, files in _scan(root / photo_dir, "photo", "photo_dir").items():
+            folder = spelling.setdefault(normalise_class(name), name)
+            merged.setdefault(folder, []).extend(files)
+    return merged
 
 
 def pair_stem(sketch: Path) -> str:
@@ -123,21 +144,34 @@ def pair_stem(sketch: Path) -> str:
     return stem if sep and suffix.isdigit() else sketch.stem
 
 
-def build_split(data_root: str | Path, sketch_dir: str, photo_dir: str, unseen: Sequence[str],
+def build_split(data_root: str | Path, sketch_dir: str, photo_dir: str | Sequence[str], unseen: Sequence[str],
                 paired: bool = False, expected_counts: tuple[int, int] | None = None) -> Split:
     """Read the folder layout, check it, and split it into seen (train) and unseen (test) classes.
 
-    Raises DataError naming the problem: missing folders, empty classes, classes present for one
-    modality only, unseen classes not on disk, and (when `paired`) sketches without their photo.
+    `photo_dir` may name several folders: each class's photos are the union of its folders (in the order
+    given; for pairing, the first photo with a stem wins). Raises DataError naming the problem: missing
+    folders, empty classes, classes present for one modality only, unseen classes not on disk, and (when
+    `paired`) sketches without their photo.
     """
     root = Path(data_root)
     if not root.is_dir():
         raise DataError(f"data_root {root} does not exist.")
-    sketches, photos = _scan(root / sketch_dir, "sketch"), _scan(root / photo_dir, "photo")
-    only_s, only_p = sorted(set(sketches) - set(photos)), sorted(set(photos) - set(sketches))
+    photo_dirs = [photo_dir] if isinstance(photo_dir, str) else list(photo_dir)
+    sketches, photo_folders = _scan(root / sketch_dir, "sketch", "sketch_dir"), _scan_photos(root, photo_dirs)
+    photo_by_norm = {normalise_class(c): c for c in photo_folders}
+    # photos keyed by the sketch folder's spelling, so one name stands for a class everywhere below
+    photos = {c: photo_folders[photo_by_norm[normalise_class(c)]] for c in sketches if normalise_class(c) in photo_by_norm}
+    only_s = sorted(c for c in sketches if c not in photos)
+    sketch_norms = {normalise_class(c) for c in sketches}
+    only_p = sorted(c for c in photo_folders if normalise_class(c) not in sketch_norms)
+    where = f"{root / sketch_dir} vs {', '.join(str(root / d) for d in photo_dirs)}"
     if only_s or only_p:
         raise DataError(f"Sketch and photo classes differ: only sketches for {only_s[:10]}, only photos for {only_p[:10]} "
-                        f"({root / sketch_dir} vs {root / photo_dir}).")
+                        f"({where}).")
+    empty = [f"{name} (sketches)" for name, files in sketches.items() if not files]
+    empty += [f"{name} (photos)" for name, files in photos.items() if not files]
+    if empty:
+        raise DataError(f"{len(empty)} class folder(s) contain no images: {', '.join(empty[:10])} ({where}).")
     by_norm = {normalise_class(c): c for c in sketches}
     missing = [u for u in unseen if normalise_class(u) not in by_norm]
     if missing:
@@ -156,9 +190,9 @@ def build_split(data_root: str | Path, sketch_dir: str, photo_dir: str, unseen: 
     for classes in (seen_classes, unseen_classes):
         part = Part(classes=list(classes))
         for label, name in enumerate(classes):
-            stems = {}
+            stems: dict[str, int] = {}
             for p in photos[name]:
-                stems[p.stem] = len(part.photos)
+                stems.setdefault(p.stem, len(part.photos))
                 part.photos.append(p)
                 part.photo_labels.append(label)
             for s in sketches[name]:
@@ -178,16 +212,17 @@ def build_split(data_root: str | Path, sketch_dir: str, photo_dir: str, unseen: 
     return Split(train=parts[0], test=parts[1])
 
 
-def split_from_config(cfg: Any) -> Split:
+def split_from_config(cfg: Any, check_sampler: bool = True) -> Split:
     if cfg.split == "custom":
         unseen, expected = list(cfg.unseen_classes), None
     elif cfg.split in SPLITS:
         unseen, expected = list(SPLITS[cfg.split]), EXPECTED_COUNTS[cfg.split]
     else:
         raise DataError(f"Unknown split {cfg.split!r}: use one of {sorted(SPLITS)} or 'custom' with unseen_classes.")
-    split = build_split(cfg.data_root, cfg.sketch_dir, cfg.photo_dir, unseen,
+    split = build_split(cfg.data_root, cfg.sketch_dir, list(cfg.photo_dir), unseen,
                         paired=cfg.setting == "fine_grained", expected_counts=expected)
-    check_trainable(split.train, cfg)
+    if check_sampler:
+        check_trainable(split.train, cfg)
     return split
 
 
@@ -229,6 +264,27 @@ def augment(image: Image.Image, rng: random.Random, flip: bool | None = None,
     if flip if flip is not None else rng.random() < 0.5:
         image = ImageOps.mirror(image)
     return image
+
+
+Box = tuple[float, float, float, float]
+
+
+def random_box(rng: random.Random, scale: tuple[float, float] = (0.8, 1.0)) -> Box:
+    """A crop box in relative coordinates (x0, y0, x1, y1 in [0, 1]): 80-100 % of the area, aspect 3/4-4/3."""
+    area = rng.uniform(*scale)
+    aspect = float(np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3))))
+    w, h = min(1.0, (area * aspect) ** 0.5), min(1.0, (area / aspect) ** 0.5)
+    x, y = rng.uniform(0.0, 1.0 - w), rng.uniform(0.0, 1.0 - h)
+    return (x, y, x + w, y + h)
+
+
+def apply_box(image: Image.Image, box: Box | None, flip: bool) -> Image.Image:
+    """Crop `image` to a relative box and flip it: the same call on a sketch and its photo keeps them aligned
+    whatever their pixel sizes (Sketchy pairs are drawn over the same 256x256 frame)."""
+    if box is not None:
+        w, h = image.size
+        image = image.crop((round(box[0] * w), round(box[1] * h), round(box[2] * w), round(box[3] * h)))
+    return ImageOps.mirror(image) if flip else image
 
 
 def draw_permutation(rng: random.Random, grid: int, exclude: tuple[int, ...] | None = None) -> tuple[int, ...]:
@@ -338,39 +394,113 @@ class FineGrainedBatchSampler(_EpochBatchSampler):
 
 
 # ---- datasets ----------------------------------------------------------------------------------
-def load_sketch(path: Path) -> Image.Image:
-    return clean_sketch(path)
+def plain_sketch(path: str | Path) -> Image.Image:
+    """A sketch as drawn on its whole canvas (no ink crop, no padding): the geometry of its paired photo.
+
+    Ink on paper, RGB; light-on-dark drawings are inverted and blank canvases raise EmptySketchError,
+    as in the engine's clean_sketch.
+    """
+    rgb = flatten_to_rgb(open_image(path))
+    grey = np.asarray(rgb.convert("L"), dtype=np.uint8)
+    border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
+    if np.median(border) < 128:
+        grey = 255 - grey
+        rgb = ImageOps.invert(rgb)
+    policy = DEFAULT_SKETCH_POLICY
+    if int((grey < policy.ink_threshold).sum()) < max(policy.min_ink_pixels, policy.min_ink_fraction * grey.size):
+        raise EmptySketchError(f"{Path(path).name}: the sketch is blank.")
+    return rgb
+
+
+def load_sketch(path: Path, mode: str = "ink") -> Image.Image:
+    """mode "ink": the engine's clean_sketch (what the app does to a query); "none": plain_sketch."""
+    return clean_sketch(path) if mode == "ink" else plain_sketch(path)
+
+
+class _BadFile(Exception):
+    def __init__(self, role: str, path: Path, error: BaseException) -> None:
+        super().__init__(f"{path}: {type(error).__name__}: {error}")
+        self.role, self.path = role, path
 
 
 class TripletDataset(Dataset):
-    """Items are sampler tuples; returns a dict of tensors (and patch-shuffled views in the fine-grained setting)."""
+    """Items are sampler tuples; returns a dict of tensors (and patch-shuffled views in the fine-grained setting).
+
+    Fine-grained: the sketch and its paired photo (and the negative) share ONE geometric transform - the same
+    relative crop box and the same flip - and the sketch keeps its whole canvas (`sketch_mode` "none"), so
+    grid cell i of the sketch shows the same part as cell i of its photo, which the patch-shuffle loss assumes.
+    Category-level: each image gets its own crop (ink-cropped sketches, as the app sees them).
+
+    An unreadable or blank file is replaced by another draw from the same class (the item keeps its class,
+    so the fine-grained P x Q blocks stay intact); `skipped` counts the replaced files.
+    """
+
+    max_tries = 20
 
     def __init__(self, part: Part, transform: Transform, augment_images: bool = True,
-                 fine_grained: bool = False, grid: int = 2) -> None:
+                 fine_grained: bool = False, grid: int = 2, sketch_mode: str | None = None) -> None:
         self.part, self.transform, self.augment_images = part, transform, augment_images
         self.fine_grained, self.grid = fine_grained, grid
+        self.sketch_mode = sketch_mode or ("none" if fine_grained else "ink")
+        self.photos_by_class = part.photos_by_class()
+        self.sketches_by_class = part.sketches_by_class()
 
     def __len__(self) -> int:
         return len(self.part.sketches)
 
-    def _image(self, image: Image.Image, rng: random.Random, flip: bool | None) -> torch.Tensor:
-        if self.augment_images:
-            image = augment(image, rng, flip)
-        return self.transform(image)
+    def _read(self, role: str, path: Path) -> Image.Image:
+        try:
+            return load_sketch(path, self.sketch_mode) if role == "sketch" else load_photo(path)
+        except LOAD_ERRORS as exc:
+            raise _BadFile(role, path, exc) from None
+
+    def _load(self, s: int, pos: int, neg: int, rng: random.Random) -> dict[str, Any]:
+        part = self.part
+        images = [self._read("sketch", part.sketches[s]), self._read("positive", part.photos[pos]),
+                  self._read("negative", part.photos[neg])]
+        if not self.augment_images:
+            views = images
+        elif self.fine_grained:
+            box, flip = random_box(rng), rng.random() < 0.5  # one transform for the whole pair
+            views = [apply_box(image, box, flip) for image in images]
+        else:
+            views = [augment(image, rng) for image in images]
+        sketch, positive, negative = (self.transform(v) for v in views)
+        return {"sketch": sketch, "positive": positive, "negative": negative, "label": part.sketch_labels[s],
+                "negative_label": part.photo_labels[neg], "index": s}
+
+    def _replace(self, bad: _BadFile, s: int, pos: int, neg: int, rng: random.Random) -> tuple[int, int, int]:
+        part = self.part
+        label = part.sketch_labels[s]
+        if bad.role == "negative":
+            return s, pos, rng.choice(self.photos_by_class[part.photo_labels[neg]])
+        if bad.role == "positive" and not self.fine_grained:
+            return s, rng.choice(self.photos_by_class[label]), neg
+        # a bad sketch, or a bad paired photo: another sketch of the class (with its own pair when fine-grained)
+        s = rng.choice(self.sketches_by_class[label])
+        if self.fine_grained:
+            pos = part.sketch_pairs[s]
+            others = [p for p in self.photos_by_class[label] if p != pos]
+            neg = rng.choice(others) if others else neg
+        return s, pos, neg
 
     def __getitem__(self, item: tuple) -> dict[str, Any]:
         s, pos, neg, aug_seed = item[:4]
         rng = random.Random(aug_seed)
-        flip = rng.random() < 0.5 if self.fine_grained else None  # a fine-grained pair flips together
-        part = self.part
-        out: dict[str, Any] = {
-            "sketch": self._image(load_sketch(part.sketches[s]), rng, flip),
-            "positive": self._image(load_photo(part.photos[pos]), rng, flip),
-            "negative": self._image(load_photo(part.photos[neg]), rng, flip),
-            "label": part.sketch_labels[s],
-            "negative_label": part.photo_labels[neg],
-            "index": s,
-        }
+        skipped, last = 0, None
+        for _ in range(self.max_tries):
+            try:
+                out = self._load(s, pos, neg, rng)
+                break
+            except _BadFile as bad:
+                skipped, last = skipped + 1, bad.path
+                log.warning("skipping unreadable %s image %s (%s); drawing another of the same class",
+                            bad.role, bad.path, bad)
+                s, pos, neg = self._replace(bad, s, pos, neg, rng)
+        else:
+            raise DataError(f"{self.max_tries} unreadable images in a row while loading one training item (last: "
+                            f"{last}). Check the dataset with `python train/check_data.py --config ... --read`.")
+        out["skipped"] = skipped
         if self.fine_grained:
             perm1, perm2 = item[4], item[5]
             out["ps_sketch"] = patch_shuffle(out["sketch"], perm1, self.grid)
@@ -380,15 +510,27 @@ class TripletDataset(Dataset):
 
 
 class ImageListDataset(Dataset):
-    """Eval images in a fixed order: returns (tensor, index) so gathered results can be checked for duplicates."""
+    """Eval images in a fixed order: returns (tensor, index, ok) so gathered results can be checked for
+    duplicates, and unreadable files (ok = 0, a zero tensor) left out of the metrics instead of ending the run."""
 
-    def __init__(self, paths: Sequence[Path], modality: str, transform: Transform) -> None:
+    def __init__(self, paths: Sequence[Path], modality: str, transform: Transform, sketch_mode: str = "ink") -> None:
         self.paths, self.modality, self.transform = list(paths), modality, transform
+        self.sketch_mode = sketch_mode
+        self._shape: tuple[int, ...] | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
         path = self.paths[i]
-        image = load_sketch(path) if self.modality == "sketch" else load_photo(path)
-        return self.transform(image), i
+        try:
+            image = load_sketch(path, self.sketch_mode) if self.modality == "sketch" else load_photo(path)
+        except LOAD_ERRORS as exc:
+            log.warning("skipping unreadable %s %s (%s: %s)", self.modality, path, type(exc).__name__, exc)
+            return torch.zeros(self._probe_shape()), i, 0
+        return self.transform(image), i, 1
+
+    def _probe_shape(self) -> tuple[int, ...]:
+        if self._shape is None:  # the transform's output size, from a blank image
+            self._shape = tuple(self.transform(Image.new("RGB", (32, 32), "white")).shape)
+        return self._shape

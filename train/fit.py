@@ -6,7 +6,9 @@
 
 Checkpoints go to <out_dir>/step_N (Accelerate state with the learned tensors only, trainer_state.json,
 and the prompt file); --resume continues from the newest complete one. The engine's prompt file is
-exported at every evaluation and at the end (<out_dir>/prompts.safetensors).
+exported at every evaluation and at the end (<out_dir>/prompts.safetensors). A fresh run refuses an
+out_dir that already holds files (use --resume, a new out_dir, or overwrite=true). The run ends with an
+evaluation on every unseen sketch (eval.json), whatever eval_max_queries thins in-training evaluations to.
 """
 
 from __future__ import annotations
@@ -37,8 +39,16 @@ from tqdm.auto import tqdm
 from train.config import TrainConfig, load_config
 from train.data import CategoryBatchSampler, FineGrainedBatchSampler, TripletDataset, eval_transform, split_from_config
 from train.eval import eval_loaders, evaluate, table_for
-from train.losses import category_losses, fine_grained_losses
-from train.model import build_model, class_text_embeddings, count_trainable, export_prompts, spec_for
+from train.losses import category_losses, fine_grained_losses, term_gradient_norms, term_weights
+from train.model import (
+    build_model,
+    class_text_embeddings,
+    count_trainable,
+    export_prompts,
+    prompt_drift,
+    prompt_scale_report,
+    spec_for,
+)
 
 log = logging.getLogger("train.fit")
 STATE_FILE = "trainer_state.json"
@@ -66,6 +76,42 @@ def check_resume_config(out_dir: Path, cfg: TrainConfig) -> None:
         detail = "; ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in diff.items())
         raise SystemExit(f"--resume: {out_dir} was trained with a different model/weights/prompt spec ({detail}). "
                          "Use the same settings, or a new out_dir.")
+
+
+def check_out_dir(out_dir: Path, cfg: TrainConfig) -> bool:
+    """A fresh run must not write into another run's folder: appended metrics.jsonl, foreign step_N folders
+    that pruning would mix with ours and that --resume would continue. Returns True when the folder must be
+    cleared first (overwrite=true); raises SystemExit when it holds files and neither flag is given."""
+    if cfg.resume or not out_dir.is_dir() or not any(out_dir.iterdir()):
+        return False
+    if not cfg.overwrite:
+        raise SystemExit(f"{out_dir} already holds files from another run ({', '.join(sorted(p.name for p in out_dir.iterdir())[:6])}). "
+                         "Continue it with --resume, pick a new out_dir (or name), or pass overwrite=true to delete it first.")
+    if not ((out_dir / "config.yaml").is_file() or (out_dir / "metrics.jsonl").is_file() or any(out_dir.glob("step_*"))):
+        raise SystemExit(f"overwrite=true: {out_dir} does not look like a run folder (no config.yaml, metrics.jsonl or "
+                         "step_N): not deleting it. Pick another out_dir.")
+    return True
+
+
+def check_checkpoint_contents(ckpt: Path, expected: list[str]) -> None:
+    """step_N must hold the learned tensors only: a wrapper that bypasses StepModel.state_dict (another DDP
+    wrapper, another Accelerate version) would otherwise copy the frozen backbone (~350 MB for ViT-B/32)
+    into every checkpoint without a word."""
+    from safetensors import safe_open
+
+    files = sorted(ckpt.glob("model*.safetensors")) + sorted(ckpt.glob("pytorch_model*.bin"))
+    if not files:
+        raise RuntimeError(f"{ckpt} holds no model weights file; Accelerate's checkpoint layout changed")
+    keys: set[str] = set()
+    for f in files:
+        if f.suffix == ".safetensors":
+            with safe_open(str(f), framework="pt") as handle:
+                keys |= set(handle.keys())
+        else:
+            keys |= set(torch.load(f, map_location="cpu", weights_only=True))
+    if keys != set(expected):
+        raise RuntimeError(f"{ckpt} holds {len(keys)} model tensors, expected the {len(expected)} learned ones; "
+                           f"unexpected: {sorted(keys - set(expected))[:5]}, missing: {sorted(set(expected) - keys)[:5]}")
 
 
 def prune_checkpoints(out_dir: Path, keep: int) -> None:
@@ -100,6 +146,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     if cfg.resume and latest_checkpoint(out_dir) is not None:
         check_resume_config(out_dir, cfg)  # before anything is built or loaded
+    clear = check_out_dir(out_dir, cfg)  # every rank decides before any rank writes
+    accelerator.wait_for_everyone()
+    if clear and main_proc:
+        log.warning("overwrite=true: deleting the previous run in %s", out_dir)
+        shutil.rmtree(out_dir)
+    accelerator.wait_for_everyone()
 
     # ---- data first: a wrong folder fails here, before any model is built -------------------------
     if cfg.generate_synthetic and not Path(cfg.data_root).exists():
@@ -131,13 +183,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         sampler = FineGrainedBatchSampler(split.train, cfg.p_classes, cfg.instances_per_class, cfg.seed, cfg.ps_grid)
     else:
         sampler = CategoryBatchSampler(split.train, cfg.batch_size, cfg.seed)
-    train_ds = TripletDataset(split.train, transform, cfg.augment, fine, cfg.ps_grid)
+    train_ds = TripletDataset(split.train, transform, cfg.augment, fine, cfg.ps_grid, cfg.sketch_mode)
     train_dl = DataLoader(train_ds, batch_sampler=sampler, num_workers=cfg.num_workers,
                           persistent_workers=cfg.num_workers > 0)
-    s_dl, p_dl, queries = eval_loaders(split.test, transform, cfg.eval_batch_size, cfg.num_workers, cfg.eval_max_queries)
+    # in-training evaluations may use a subset of the queries; the final one always uses all of them
+    s_dl, p_dl, queries = eval_loaders(split.test, transform, cfg.eval_batch_size, cfg.num_workers, 0, cfg.sketch_mode)
+    sub = eval_loaders(split.test, transform, cfg.eval_batch_size, cfg.num_workers, cfg.eval_max_queries, cfg.sketch_mode)
+    subsampled = len(sub[2]) < len(queries)
 
     step_model, optimizer, train_dl, s_dl, p_dl = accelerator.prepare(step_model, optimizer, train_dl, s_dl, p_dl)
+    sub_s_dl, sub_queries = (accelerator.prepare(sub[0]), sub[2]) if subsampled else (s_dl, queries)
     accelerator.register_for_checkpointing(scheduler)
+    prompts_v0 = {k: v.detach().clone() for k, v in accelerator.unwrap_model(step_model).prompted.prompts.items()}
+    weights = term_weights(cfg.setting, cfg.cls_weight, cfg.delta_weight, cfg.ps_weight)
 
     steps_per_epoch = math.ceil(len(train_dl) / cfg.grad_accum)
     total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
@@ -164,9 +222,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             with metrics_file.open("a") as fh:
                 fh.write(json.dumps(record) + "\n")
 
-    def run_eval(step: int) -> dict[str, Any]:
-        result = evaluate(accelerator, accelerator.unwrap_model(step_model).prompted, split.test, s_dl, p_dl, queries, cfg)
+    def run_eval(step: int, final: bool) -> dict[str, Any]:
+        q_dl, q_idx = (s_dl, queries) if final else (sub_s_dl, sub_queries)
+        result = evaluate(accelerator, accelerator.unwrap_model(step_model).prompted, split.test, q_dl, p_dl, q_idx, cfg)
         result["step"] = step
+        result["queries"] = "all" if len(q_idx) == len(queries) else f"{len(q_idx)} of {len(queries)} (eval_max_queries)"
         if main_proc:
             extra = {"step": str(step), "run": cfg.name, "setting": cfg.setting, "metrics": result["metrics"]}
             path = export_prompts(out_dir / "prompts" / f"step_{step}.safetensors", accelerator.unwrap_model(step_model).prompted,
@@ -174,15 +234,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             shutil.copyfile(path, out_dir / "prompts.safetensors")
             (out_dir / f"eval_step_{step}.json").write_text(json.dumps(result, indent=2))
             log.info("eval at step %d: %s\n%s", step, result["metrics"], table_for(result, cfg, f"this run, step {step}"))
-            log_json({"step": step, "eval": result["metrics"], "gather": result["gather"]})
+            log_json({"step": step, "eval": result["metrics"], "gather": result["gather"], "final": final,
+                      "n_queries": result["n_queries"], "skipped_files": result["skipped_files"]})
         if cfg.tensorboard:
             accelerator.log({f"eval/{k}": v for k, v in result["metrics"].items()}, step=step)
         return result
+
+    learned_names = accelerator.unwrap_model(step_model).trainable_names()
 
     def save(step: int) -> None:
         ckpt = out_dir / f"step_{step}"
         accelerator.save_state(str(ckpt))
         if main_proc:
+            check_checkpoint_contents(ckpt, learned_names)
             export_prompts(ckpt / "prompts.safetensors", accelerator.unwrap_model(step_model).prompted, cfg.model,
                            cfg.pretrained, {"step": str(step), "run": cfg.name})
             (ckpt / STATE_FILE).write_text(json.dumps(state))  # written last: marks the checkpoint complete
@@ -190,26 +254,40 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         accelerator.wait_for_everyone()
 
     # ---- the loop --------------------------------------------------------------------------------
+    if state["step"] == 0 and main_proc:
+        # are the prompts on the scale of the tokens they join? (after ln_pre; matters with real weights)
+        items = sampler.plan()[0][:8]
+        probe = torch.stack([train_ds[item]["sketch"] for item in items]).to(accelerator.device)
+        scale = prompt_scale_report(accelerator.unwrap_model(step_model).prompted, probe)
+        log.info("step 0: prompt token norm %s vs median token norm after ln_pre %.3f (ratio %s)",
+                 {k: round(v, 3) for k, v in scale["prompt_norm"].items()}, scale["token_norm_median"],
+                 {k: round(v, 3) for k, v in scale["ratio"].items()})
+        log_json({"step": 0, "prompt_scale": scale})
+    skipped_loads = torch.zeros((), dtype=torch.long)
     step_model.train()
     bar = tqdm(total=total_steps, initial=state["step"], disable=not (main_proc and cfg.progress), desc=cfg.name)
-    result: dict[str, Any] = {}
     t_last, n_last = time.perf_counter(), 0
     while state["step"] < total_steps:
         sampler.set_epoch(state["epoch"])
         train_dl.set_epoch(state["epoch"])
         loader = accelerator.skip_first_batches(train_dl, state["batch_in_epoch"]) if state["batch_in_epoch"] else train_dl
         for batch in loader:
+            skipped_loads += int(batch["skipped"].sum())
             with accelerator.accumulate(step_model):
                 if fine:
                     emb = step_model(batch["sketch"], batch["positive"], batch["negative"],
                                      batch["ps_sketch"], batch["ps_positive"], batch["ps_negative"])
                     losses = fine_grained_losses(*emb[:3], batch["label"], *emb[3:], text_features, logit_scale,
                                                  cfg.p_classes, cfg.margin, cfg.cls_weight, cfg.delta_weight,
-                                                 cfg.ps_weight, cfg.ps_margin)
+                                                 cfg.ps_weight, cfg.ps_margin, cfg.delta_tau)
                 else:
                     emb = step_model(batch["sketch"], batch["positive"], batch["negative"])
                     losses = category_losses(*emb, batch["label"], batch["negative_label"], text_features, logit_scale,
                                              cfg.margin, cfg.cls_weight)
+                will_log = accelerator.sync_gradients and ((state["step"] + 1) % cfg.log_every == 0
+                                                            or state["step"] + 1 == total_steps)
+                # each weighted term's pull on the embeddings: shows whether a term matters at all
+                grads = term_gradient_norms(losses, weights, emb) if will_log else {}
                 accelerator.backward(losses["loss"])
                 if accelerator.sync_gradients and cfg.grad_clip > 0:
                     accelerator.clip_grad_norm_(step_model.parameters(), cfg.grad_clip)
@@ -224,18 +302,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             step = state["step"]
             bar.update(1)
             if step % cfg.log_every == 0 or step == total_steps:
-                reduced = accelerator.reduce(torch.stack([v.detach().float() for v in losses.values()]), "mean")
-                terms = dict(zip(losses, reduced.cpu().tolist(), strict=True))
+                grad_values = [grads.get(k, float("nan")) for k in weights]
+                packed = torch.tensor([*(float(v.detach()) for v in losses.values()), *grad_values],
+                                      device=accelerator.device)
+                reduced = accelerator.reduce(packed, "mean").cpu().tolist()
+                terms = dict(zip(losses, reduced[:len(losses)], strict=True))
+                weighted = {f"weighted_{k}": w * terms[k] for k, w in weights.items()}
+                grad_terms = {f"grad_{k}": v for k, v in zip(weights, reduced[len(losses):], strict=True)}
+                drift = prompt_drift(accelerator.unwrap_model(step_model).prompted, prompts_v0)
+                skipped_total = int(accelerator.reduce(skipped_loads.to(accelerator.device), "sum"))
                 elapsed = time.perf_counter() - t_last
-                record = {"step": step, "epoch": state["epoch"], **terms, "lr": scheduler.get_last_lr()[0],
-                          "samples_per_s": n_last * per_step / max(elapsed, 1e-9)}
+                record = {"step": step, "epoch": state["epoch"], **terms, **weighted, **grad_terms,
+                          **{f"drift_{k}": v for k, v in drift.items()}, "skipped_loads": skipped_total,
+                          "lr": scheduler.get_last_lr()[0], "samples_per_s": n_last * per_step / max(elapsed, 1e-9)}
                 log_json(record)
                 bar.set_postfix(loss=f"{terms['loss']:.4f}", sps=f"{record['samples_per_s']:.1f}")
                 if cfg.tensorboard:
                     accelerator.log({f"train/{k}": v for k, v in record.items() if k != "step"}, step=step)
                 t_last, n_last = time.perf_counter(), 0
-            if (cfg.eval_every and step % cfg.eval_every == 0) or step == total_steps:
-                result = run_eval(step)
+            if cfg.eval_every and step % cfg.eval_every == 0 and step != total_steps:
+                run_eval(step, final=False)
             if step % cfg.checkpoint_every == 0 or step == total_steps:
                 save(step)
                 if cfg.stop_after_steps and step >= cfg.stop_after_steps:
@@ -248,8 +334,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             state["epoch"] += 1
             state["batch_in_epoch"] = 0
     bar.close()
-    if not result:  # resumed a run that had already finished: evaluate what is there
-        result = run_eval(state["step"])
+    result = run_eval(state["step"], final=True)  # every query, also after a resume of a finished run
+    skipped_total = int(accelerator.reduce(skipped_loads.to(accelerator.device), "sum"))
+    if skipped_total:
+        log.warning("training replaced %d unreadable image load(s) by other draws of the same class", skipped_total)
     accelerator.wait_for_everyone()
     # every rank must hold the same learned tensors (DDP keeps them in sync); check it, record it
     flat = torch.cat([p.detach().float().flatten() for p in accelerator.unwrap_model(step_model).parameters() if p.requires_grad])
@@ -260,7 +348,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         log.error("ranks disagree on the learned parameters: %s", ranks)
     if main_proc:
         (out_dir / "ranks.json").write_text(json.dumps(ranks))
-        final = {"final_step": state["step"], "prompts": str(out_dir / "prompts.safetensors"), "ranks": ranks, **result}
+        final = {"final_step": state["step"], "prompts": str(out_dir / "prompts.safetensors"), "ranks": ranks,
+                 "train_skipped_loads": skipped_total, **result}
         (out_dir / "eval.json").write_text(json.dumps(final, indent=2))
         (out_dir / "eval.md").write_text(table_for(result, cfg, f"this run ({cfg.name}, step {state['step']})") + "\n")
         if cfg.push_to_hub:

@@ -27,19 +27,22 @@ def classification_loss(features: torch.Tensor, text_features: torch.Tensor, lab
     return F.cross_entropy(logits, labels)
 
 
-def delta_loss(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, n_classes: int) -> torch.Tensor:
+def delta_loss(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, n_classes: int,
+               tau: float = 1.0) -> torch.Tensor:
     """L_delta: uniform relative separation across categories.
 
     The batch holds n_classes contiguous blocks of Q triplets. For block c, D_c = softmax over its Q
-    triplets of delta = d(s, p+) - d(s, p-). L = mean over ordered pairs i != j of KL(D_i || D_j).
+    triplets of delta / tau, delta = d(s, p+) - d(s, p-). L = mean over ordered pairs i != j of KL(D_i || D_j).
     Gradients flow through both arguments of each KL (the paper does not say; our choice).
+    tau = 1 is the formula as printed; cosine deltas span only about +-0.2, where that softmax is nearly
+    flat (KL and its gradient scale roughly with 1 / tau^2), hence the temperature.
     """
     delta = cosine_distance(anchor, positive) - cosine_distance(anchor, negative)
     if delta.numel() % n_classes:
         raise ValueError(f"batch of {delta.numel()} triplets is not {n_classes} equal class blocks")
     if n_classes < 2:
         return delta.sum() * 0.0
-    log_d = F.log_softmax(delta.view(n_classes, -1), dim=1)  # (P, Q)
+    log_d = F.log_softmax(delta.view(n_classes, -1) / tau, dim=1)  # (P, Q)
     d = log_d.exp()
     # kl[i, j] = sum_q D_i[q] (log D_i[q] - log D_j[q])
     kl = (d * log_d).sum(1, keepdim=True) - d @ log_d.T
@@ -61,13 +64,41 @@ def fine_grained_losses(sketch: torch.Tensor, positive: torch.Tensor, negative: 
                         ps_sketch: torch.Tensor, ps_positive: torch.Tensor, ps_negative: torch.Tensor,
                         text_features: torch.Tensor, logit_scale: float, n_classes: int, margin: float = 0.3,
                         cls_weight: float = 0.5, delta_weight: float = 0.1, ps_weight: float = 1.0,
-                        ps_margin: float = 0.3) -> dict[str, torch.Tensor]:
+                        ps_margin: float = 0.3, delta_tau: float = 1.0) -> dict[str, torch.Tensor]:
     """Fine-grained objective. `negative` is another photo of the anchor's class (hard triplet);
     the patch-shuffle negative is the paired photo under a different permutation."""
     tri = triplet_loss(sketch, positive, negative, margin)
     cls_s = classification_loss(sketch, text_features, labels, logit_scale)
     cls_p = classification_loss(torch.cat([positive, negative]), text_features, torch.cat([labels, labels]), logit_scale)
-    dl = delta_loss(sketch, positive, negative, n_classes)
+    dl = delta_loss(sketch, positive, negative, n_classes, delta_tau)
     ps = triplet_loss(ps_sketch, ps_positive, ps_negative, ps_margin)
     total = tri + cls_weight * (cls_s + cls_p) + delta_weight * dl + ps_weight * ps
     return {"loss": total, "hard_triplet": tri, "cls_sketch": cls_s, "cls_photo": cls_p, "delta": dl, "patch_shuffle": ps}
+
+
+def term_weights(setting: str, cls_weight: float = 0.5, delta_weight: float = 0.1,
+                 ps_weight: float = 1.0) -> dict[str, float]:
+    """Weight of each loss term in the total (the keys of category_losses / fine_grained_losses)."""
+    if setting == "category":
+        return {"triplet": 1.0, "cls_sketch": cls_weight, "cls_photo": cls_weight}
+    return {"hard_triplet": 1.0, "cls_sketch": cls_weight, "cls_photo": cls_weight, "delta": delta_weight,
+            "patch_shuffle": ps_weight}
+
+
+def term_gradient_norms(losses: dict[str, torch.Tensor], weights: dict[str, float],
+                        embeddings: tuple[torch.Tensor, ...]) -> dict[str, float]:
+    """||d(weight * term) / d(embeddings)|| for each term: how hard each term pulls on the features.
+
+    Only the loss graph is differentiated (the embeddings are the backbone's outputs), so this costs
+    microseconds, not a backward pass through the ViT; the graph is kept for the real backward.
+    """
+    inputs = [e for e in embeddings if e.requires_grad]
+    out: dict[str, float] = {}
+    for name, weight in weights.items():
+        term = losses[name]
+        if not term.requires_grad:
+            out[name] = 0.0
+            continue
+        grads = torch.autograd.grad(weight * term, inputs, retain_graph=True, allow_unused=True)
+        out[name] = float(torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None) or torch.zeros(())))
+    return out

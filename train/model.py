@@ -74,6 +74,24 @@ def build_model(model_name: str, pretrained: str, spec: PromptSpec, seed: int = 
     return clip, StepModel(prompted)
 
 
+def prompt_drift(prompted: PromptedViT, initial: dict[str, torch.Tensor]) -> dict[str, float]:
+    """||v - v0|| / ||v0|| per prompt branch: how far training has moved the prompts from their init."""
+    return {f"prompts.{branch}": float((p.detach() - initial[branch]).norm() / initial[branch].norm().clamp_min(1e-12))
+            for branch, p in prompted.prompts.items()}
+
+
+@torch.no_grad()
+def prompt_scale_report(prompted: PromptedViT, images: torch.Tensor) -> dict[str, Any]:
+    """Mean prompt-token norm per branch against the median norm of the real tokens after ln_pre, where the
+    prompts join them (our insertion point). A ratio far from 1 with real weights means the prompts start
+    off-scale: they would dominate attention, or be ignored."""
+    tokens = prompted.visual._embeds(images.to(next(prompted.parameters()).device))
+    token_norm = float(tokens.float().norm(dim=-1).median())
+    prompt_norm = {b: float(p.detach()[0].float().norm(dim=-1).mean()) for b, p in prompted.prompts.items()}
+    return {"prompt_norm": prompt_norm, "token_norm_median": token_norm,
+            "ratio": {b: v / max(token_norm, 1e-12) for b, v in prompt_norm.items()}}
+
+
 def count_trainable(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
