@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from zsdemo.errors import WeightsUnavailableError, ZsdemoError
-from zsdemo.precision import MIN_QUERY_COSINE, QUERY_PRECISIONS, make_query_model, probe_sketches
+from zsdemo.precision import AUTO, canonical_path, make_query_model, probe_sketches, select_query_path
 from zsdemo.preprocess import PREPROCESS_VERSION, Transform, clean_sketch, load_photo
 from zsdemo.prompts import PromptedViT, PromptSpec, check_compatible, read_checkpoint
 
@@ -43,21 +43,21 @@ class EncoderConfig:
     ZSDEMO_QUERY_PRECISION) so a Hugging Face Space is configured without code changes.
 
     query_precision (sketch queries only; gallery photos are always encoded in fp32, so caches do not
-    depend on it) defaults to "int8": dynamic int8 on every linear layer including the attention
-    projections, last block on [CLS] only (see make_query_model). Measured by `python -m zsdemo bench` on
-    the 2-core development machine (Xeon with AVX512-VNNI/AMX, random-init ViT-B/32, one image, interleaved
-    runs): stock fp32 ~59 ms, int8 ~24 ms (0.41x; cosine to fp32 0.9998), bf16 weights ~30 ms (0.51x;
-    cosine 0.99995; slow on CPUs without native bf16), bf16 autocast ~57 ms, int8 on nn.Linear only
-    ~39 ms; end to end (800x800 canvas -> ranked hits, 10k gallery) int8 ~32 ms = 0.54x stock. int8 is
-    the fastest and runs on any x86 CPU with AVX2. Because real CLIP weights may quantise worse than random ones, the
-    encoder checks the query path against fp32 on built-in probe sketches when it loads and falls back to
-    fp32 (with a warning) if the cosine is below MIN_QUERY_COSINE (0.99). Set "fp32" for bit-exact output.
+    depend on it) defaults to "auto": at load the encoder builds the query paths that make sense on this CPU
+    (torch int8; ONNX Runtime int8 and fp32; bf16 only with native bf16), rejects any whose cosine to fp32
+    on built-in probe sketches is below MIN_QUERY_COSINE (0.99), times the rest against fp32 (interleaved,
+    a few seconds) and keeps the fastest: see zsdemo.precision.select_query_path. The choice is logged and
+    kept in `encoder.query_path` / `encoder.query_report` (its "summary" is the line for the page).
+    Exported ONNX files are cached (ZSDEMO_QUERY_CACHE, default ~/.cache/zsdemo/query-paths), so only the
+    first load pays for the export. A named path (fp32, int8, bf16, onnx-fp32, onnx-int8; torch-int8 and
+    torch-bf16 are aliases) is used as asked unless it fails the probe check (then fp32, with a warning).
+    Measured by `python bench/query.py` in one run per machine; "fp32" gives bit-exact output.
     """
 
     model: str = "ViT-B-32-quickgelu"
     pretrained: str = "openai"  # open_clip tag, a local weights file, or "none" for random weights
     prompts: str | None = None  # prompt checkpoint (.safetensors) from train/fit.py
-    query_precision: str = "int8"  # fp32 | bf16 | int8: precision of sketch encoding only (see class docstring)
+    query_precision: str = AUTO  # auto | fp32 | int8 | bf16 | onnx-fp32 | onnx-int8: sketch queries only (see above)
     batch_size: int = 32
     device: str = "cpu"
     spec: PromptSpec = field(default_factory=lambda: PromptSpec(n_prompts=0))  # used when no checkpoint is given
@@ -216,14 +216,6 @@ class SketchPhotoEncoder:
             interpolation=pp.get("interpolation"), resize_mode=pp.get("resize_mode"))
         self.embed_dim = int(clip.visual.output_dim)
         self._query_model = self._make_query_model(cfg.query_precision)
-        self.query_cosine = 1.0  # min cosine of the sketch query path to fp32 on the probe sketches
-        if self._query_model is not self.prompted:
-            self.query_cosine = self.probe_cosine(self._query_model)
-            if self.query_cosine < MIN_QUERY_COSINE:
-                log.warning("query_precision=%s gives cosine %.4f to fp32 on probe sketches (< %.2f) with these "
-                            "weights: sketch queries fall back to fp32.", cfg.query_precision, self.query_cosine,
-                            MIN_QUERY_COSINE)
-                self._query_model = self.prompted
         self._other_query_models: dict[str, torch.nn.Module] = {}
         self._tokenizer: Any = None
 
@@ -245,32 +237,37 @@ class SketchPhotoEncoder:
         return cls(cfg, clip.to(cfg.device), prompted, ckpt.sha256 if ckpt else None)
 
     def _make_query_model(self, precision: str) -> torch.nn.Module:
-        if precision == "int8" and torch.device(self.cfg.device).type != "cpu":
-            log.warning("query_precision=int8 runs on the CPU only; using fp32 on %s.", self.cfg.device)
-            return self.prompted
-        if precision not in QUERY_PRECISIONS:
-            raise ZsdemoError(f"query_precision must be one of {', '.join(QUERY_PRECISIONS)}, not {precision!r}.")
-        try:
-            return make_query_model(self.prompted, precision)
-        except Exception as exc:  # e.g. a torch build without torch.ao quantization (deprecated upstream)
-            log.warning("query_precision=%s is unavailable here (%s: %s); sketch queries use fp32.", precision,
-                        type(exc).__name__, exc)
-            return self.prompted
+        """Choose the sketch query path (select_query_path); sets query_path, query_report, query_cosine."""
+        selection = select_query_path(self.prompted, precision, probe_images=self._probe_images(),
+                                      device=self.cfg.device, fingerprint=self.fingerprint())
+        self.query_path: str = selection.path  # the path sketch queries use, e.g. "onnx-int8"
+        self.query_report: dict[str, Any] = selection.report  # timings, cosines, CPU; ["summary"] for the page
+        self.query_cosine: float = float(self.query_report["cosine"] or 1.0)  # min cosine to fp32 on the probes
+        return selection.model
+
+    def _probe_images(self, n: int = 4) -> torch.Tensor:
+        return torch.stack([self.transform(im) for im in probe_sketches(n, self.image_size)])
 
     @torch.inference_mode()
     def probe_cosine(self, model: torch.nn.Module, n: int = 4) -> float:
         """Min cosine between `model` and the fp32 model on `n` built-in probe sketches."""
-        images = torch.stack([self.transform(im) for im in probe_sketches(n, self.image_size)]).to(self.cfg.device)
+        images = self._probe_images(n).to(self.cfg.device)
         ref = self.prompted(images, "sketch")
         return float(F.cosine_similarity(model(images, "sketch").float(), ref).min())
 
     def query_model(self, precision: str) -> torch.nn.Module:
-        """The model that encodes at `precision` (built once, then cached): (images, modality) -> (B, D)."""
-        if precision == self.cfg.query_precision:
+        """The model that encodes at `precision` (built once, then cached): (images, modality) -> (B, D).
+        The configured precision (e.g. "auto") and the chosen path's name give the model in use."""
+        if precision in (self.cfg.query_precision, self.query_path):
             return self._query_model
-        if precision not in self._other_query_models:
-            self._other_query_models[precision] = make_query_model(self.prompted, precision)
-        return self._other_query_models[precision]
+        name = canonical_path(precision)
+        if name == "fp32":
+            return self.prompted
+        if name == AUTO:
+            return self._query_model
+        if name not in self._other_query_models:
+            self._other_query_models[name] = make_query_model(self.prompted, name, probe_images=self._probe_images())
+        return self._other_query_models[name]
 
     # ---- identity -----------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
