@@ -54,7 +54,7 @@ QUERY_PRECISIONS = (AUTO, *QUERY_PATHS, *ALIASES)  # every accepted query_precis
 MIN_QUERY_COSINE = 0.99  # a reduced-precision query path is used only this close to fp32
 QUERY_CACHE_ENV = "ZSDEMO_QUERY_CACHE"  # where exported ONNX files are kept (default ~/.cache/zsdemo/query-paths)
 ONNX_RECIPE = "1"  # bump when the export or quantisation recipe changes (invalidates cached files)
-AUTO_MIN_FP32_MS = 5.0  # auto keeps fp32 when the fp32 query is already this fast (tiny test models)
+AUTO_MIN_PARAMS = 5_000_000  # auto keeps fp32 for smaller image towers (test models: fp32 takes a few ms)
 
 
 def canonical_path(precision: str) -> str:
@@ -554,15 +554,15 @@ def auto_candidates(features: dict[str, Any], device: str = "cpu") -> tuple[list
 def select_query_path(prompted: PromptedViT, requested: str = AUTO, *, probe_images: torch.Tensor | None = None,
                       device: str = "cpu", cache_dir: str | os.PathLike[str] | None = None,
                       fingerprint: str | None = None, budget_s: float = 4.0, repeats: int = 7,
-                      min_fp32_ms: float = AUTO_MIN_FP32_MS,
+                      min_params: int = AUTO_MIN_PARAMS,
                       builders: dict[str, Callable[[], nn.Module]] | None = None,
                       candidates: Sequence[str] | None = None) -> Selection:
     """Build, check and time the query path(s) for `requested` ("auto" or one path) and return the choice.
 
     auto: every candidate that makes sense here (auto_candidates, or `candidates`) is built, rejected below
     MIN_QUERY_COSINE on the probe sketches, and the accepted ones are timed against fp32 (interleaved, one
-    sketch, about `budget_s` seconds); the fastest wins. When fp32 itself takes under `min_fp32_ms` (tiny
-    test models) auto keeps fp32 without building anything. An explicit path is built and checked the same
+    sketch, about `budget_s` seconds); the fastest wins. For image towers under `min_params` parameters
+    (test models, whose fp32 query takes a few ms) auto keeps fp32 without building anything. An explicit path is built and checked the same
     way and replaced by fp32 (with a warning) when it fails the check. `builders` adds or replaces path
     builders (name -> () -> model), for tests and experiments.
     """
@@ -596,12 +596,10 @@ def select_query_path(prompted: PromptedViT, requested: str = AUTO, *, probe_ima
         names += [n for n in (builders or {}) if n not in names and candidates is None]
         for name, why in skipped.items():
             table[name] = Candidate(name, note=f"skipped: {why}")
-        with torch.inference_mode():
-            fp32_ms = float(np.median(time_interleaved({"fp32": lambda: prompted(one, "sketch")}, 2)["fp32"]))
-        if names and fp32_ms < min_fp32_ms:
-            note = f"fp32 takes {fp32_ms:.1f} ms here: no other path tried"
+        n_params = sum(p.numel() for p in prompted.visual.parameters())
+        if names and n_params < min_params:
+            note = f"small model ({n_params:,} parameters): fp32, no other path tried"
             names = []
-            table["fp32"].ms = fp32_ms
     else:
         names = [] if requested_name == "fp32" else [requested_name]
         if names and torch.device(device).type != "cpu" and requested_name != "bf16":
