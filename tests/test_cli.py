@@ -91,6 +91,7 @@ def test_missing_weights_message_without_traceback(tmp_path):
                  env_extra={"HF_HOME": str(tmp_path / "hf")})
     assert result.returncode == 2
     assert "--pretrained /path/to/open_clip_model.safetensors" in result.stderr
+    assert "`hf download timm/" in result.stderr and "huggingface-cli" not in result.stderr
     assert "Traceback" not in result.stderr
     wrong = run("index", "--cache", "c", "--pretrained", str(tmp_path / "nope.safetensors"), cwd=tmp_path)
     assert wrong.returncode == 2 and "not found" in wrong.stderr
@@ -109,5 +110,96 @@ def test_local_weights_file_is_loaded(tmp_path):
     result = run("index", "p", "--cache", "c", "--pretrained", str(tmp_path / "w.safetensors"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "RANDOM WEIGHTS" not in result.stderr
-    info = json.loads(run("info", "--cache", "c", "--json", cwd=tmp_path).stdout)
+    # no flag and no environment: the cache's own model and weights (flag > environment > manifest)
+    info = json.loads(run("info", "--cache", "c", "--json", cwd=tmp_path, env_extra={"ZSDEMO_PRETRAINED": ""}).stdout)
     assert info["encoder"]["pretrained"].endswith("w.safetensors") and info["stale"] is False
+
+
+def _photos(folder: Path, n: int) -> Path:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.new("RGB", (64, 48), (40 * i % 255, 90, 200 - 10 * i)).save(folder / f"mine_{i}.png")
+    return folder
+
+
+def _names(work: Path, cache: str) -> set[str]:
+    from zsdemo.gallery import read_generation
+
+    manifest, _ = read_generation(work / cache)
+    return {e["name"] for e in manifest["entries"]}
+
+
+def test_index_without_folders_keeps_the_users_gallery(tmp_path):
+    _photos(tmp_path / "mine", 3)
+    assert run("index", "mine", "--cache", "c", cwd=tmp_path).returncode == 0
+    # the cache goes stale (other weights); `index` with no folders re-encodes the user's photos
+    from safetensors.torch import save_file
+
+    from zsdemo.encoder import create_clip
+
+    weights = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in create_clip("zsdemo-tiny-vit", "none").state_dict().items()}, str(weights))
+    stale = run("info", "--cache", "c", "--pretrained", str(weights), cwd=tmp_path)
+    assert "STALE" in stale.stdout and f"python -m zsdemo index --cache c --pretrained {weights}" in stale.stdout
+    again = run("index", "--cache", "c", "--pretrained", str(weights), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "from the folders it records" in again.stderr
+    assert _names(tmp_path, "c") == {"mine_0.png", "mine_1.png", "mine_2.png"}
+    assert not (tmp_path / "starter_photos").exists()
+
+
+def test_a_second_builder_waits_for_the_lock(tmp_path):
+    """A real second process on a cache being built: it says it waits, waits, then finishes cleanly."""
+    import time
+
+    from zsdemo.gallery import cache_lock
+
+    _photos(tmp_path / "mine", 4)
+    assert run("index", "mine", "--cache", "c", cwd=tmp_path).returncode == 0
+    _photos(tmp_path / "mine", 6)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "ZSDEMO_MODEL": "zsdemo-tiny-vit", "ZSDEMO_PRETRAINED": "none"}
+    log = tmp_path / "second.log"
+    with cache_lock(tmp_path / "c"), open(log, "w") as sink:  # another builder (this test) holds the cache
+        second = subprocess.Popen([sys.executable, "-m", "zsdemo", "index", "mine", "--cache", "c"], cwd=tmp_path,
+                                  env=env, stdout=sink, stderr=sink, text=True)
+        deadline = time.time() + 120
+        while time.time() < deadline and "Another indexing run" not in log.read_text():
+            time.sleep(0.2)
+        time.sleep(1.0)
+        assert second.poll() is None, "the second builder must wait, not race"
+        assert "Another indexing run is using the cache" in log.read_text()
+    assert second.wait(timeout=300) == 0, log.read_text()
+    assert len(_names(tmp_path, "c")) == 6 and len(list((tmp_path / "c").glob("gen-*"))) == 1
+
+
+def test_two_concurrent_builds_both_finish_with_one_valid_cache(tmp_path):
+    _photos(tmp_path / "mine", 8)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "ZSDEMO_MODEL": "zsdemo-tiny-vit", "ZSDEMO_PRETRAINED": "none"}
+    procs = [subprocess.Popen([sys.executable, "-m", "zsdemo", "index", "mine", "--cache", "c"], cwd=tmp_path, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err for _, err in results]
+    assert all("Traceback" not in err for _, err in results)
+    generation = (tmp_path / "c" / (tmp_path / "c" / "CURRENT").read_text().strip())
+    assert generation.is_dir() and len(list((tmp_path / "c").glob("gen-*"))) == 1
+    assert len(_names(tmp_path, "c")) == 8
+
+
+def test_an_empty_folder_is_refused_and_leaves_no_cache(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = run("index", "empty", "--cache", "c", cwd=tmp_path)
+    assert result.returncode == 2 and "No photos in" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "c").exists()
+
+
+def test_query_file_is_checked_before_the_model_loads(tmp_path):
+    import time
+
+    started = time.perf_counter()
+    result = run("search", "nope.png", "--cache", "c", "--model", "ViT-B-32-quickgelu", "--pretrained", "openai",
+                 cwd=tmp_path)
+    assert result.returncode == 2 and "nope.png: file not found" in result.stderr
+    assert "Could not load" not in result.stderr  # it never got as far as the weights
+    assert time.perf_counter() - started < 60

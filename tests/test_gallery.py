@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 from zsdemo.encoder import EncoderConfig, SketchPhotoEncoder
 from zsdemo.engine import SearchEngine, blend
 from zsdemo.errors import CacheError, EmptySketchError
-from zsdemo.gallery import Gallery, read_generation
+from zsdemo.gallery import Gallery, PhotoEntry, plan_update, read_generation, recorded_sources
 from zsdemo.index import IndexConfig
 from zsdemo.prompts import PromptedViT, PromptSpec, save_checkpoint
 
@@ -63,8 +63,8 @@ def test_build_then_reuse_then_incremental(tmp_path, encoder):
     make_photos(photos / "b" / "deep", 4, start=6)
     gallery, report = Gallery.build([photos], tmp_path / "cache", encoder)
     assert (report.total, report.added, encoder.encoded) == (10, 10, 10)
-    assert {e["name"] for e in gallery.entries} >= {"a/photo_000.jpg", "b/deep/photo_009.png"}
-    assert all(Path(gallery.thumbs_dir / e["thumb"]).is_file() for e in gallery.entries)
+    assert {e.name for e in gallery.entries} >= {"a/photo_000.jpg", "b/deep/photo_009.png"}
+    assert all(Path(gallery.thumbs_dir / e.thumb).is_file() for e in gallery.entries)
     generation = gallery.generation_dir
 
     # nothing changed: nothing encoded, nothing rewritten
@@ -88,7 +88,7 @@ def test_build_then_reuse_then_incremental(tmp_path, encoder):
 def test_embeddings_match_a_fresh_encoding(tmp_path, tiny_encoder):
     paths = make_photos(tmp_path / "p", 5)
     gallery, _ = Gallery.build([tmp_path / "p"], tmp_path / "c", tiny_encoder)
-    by_path = {e["path"]: gallery.embeddings[i] for i, e in enumerate(gallery.entries)}
+    by_path = {e.path: gallery.embeddings[i] for i, e in enumerate(gallery.entries)}
     fresh = tiny_encoder.encode_photos(paths)
     for path, vector in zip(paths, fresh, strict=True):
         assert np.allclose(by_path[str(path.resolve())], vector, atol=1e-5)
@@ -137,7 +137,7 @@ def test_interrupted_build_keeps_the_previous_cache(tmp_path, tiny_encoder, monk
     def crash(*args, **kwargs):
         raise KeyboardInterrupt("killed while writing the index")
 
-    monkeypatch.setattr(gallery_module, "build_annoy", crash)
+    monkeypatch.setattr(gallery_module, "_write_atomic", crash)
     with pytest.raises(KeyboardInterrupt):
         Gallery.build([tmp_path / "p"], tmp_path / "c", tiny_encoder)
     monkeypatch.undo()
@@ -152,7 +152,7 @@ def test_interrupted_first_build_leaves_no_valid_cache(tmp_path, tiny_encoder, m
     make_photos(tmp_path / "p", 2)
     import zsdemo.gallery as gallery_module
 
-    monkeypatch.setattr(gallery_module, "build_annoy", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    monkeypatch.setattr(gallery_module, "_write_atomic", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
     with pytest.raises(OSError):
         Gallery.build([tmp_path / "p"], tmp_path / "c", tiny_encoder)
     with pytest.raises(CacheError, match="No gallery cache"):
@@ -162,7 +162,8 @@ def test_interrupted_first_build_leaves_no_valid_cache(tmp_path, tiny_encoder, m
 @pytest.mark.parametrize("damage", ["manifest", "embeddings", "index", "pointer"])
 def test_damaged_cache_is_refused_then_rebuilt(tmp_path, tiny_encoder, damage):
     make_photos(tmp_path / "p", 3)
-    gallery, _ = Gallery.build([tmp_path / "p"], tmp_path / "c", tiny_encoder)
+    annoy = IndexConfig(annoy_threshold=2)
+    gallery, _ = Gallery.build([tmp_path / "p"], tmp_path / "c", tiny_encoder, index_cfg=annoy)
     gen = gallery.generation_dir
     if damage == "manifest":
         (gen / "manifest.json").write_text('{"version": 1, "entries": [')
@@ -174,13 +175,14 @@ def test_damaged_cache_is_refused_then_rebuilt(tmp_path, tiny_encoder, damage):
         (tmp_path / "c" / "CURRENT").write_text("gen-does-not-exist")
     with pytest.raises(CacheError):
         Gallery.open(tmp_path / "c", tiny_encoder)
-    rebuilt, report = Gallery.build([tmp_path / "p"], tmp_path / "c", tiny_encoder)
+    rebuilt, report = Gallery.build([tmp_path / "p"], tmp_path / "c", tiny_encoder, index_cfg=annoy)
     assert report.added == 3 and len(Gallery.open(tmp_path / "c", tiny_encoder)) == 3
 
 
 def test_annoy_backend_agrees_with_exact_on_a_real_cache(tmp_path, tiny_encoder):
     make_photos(tmp_path / "p", 40)
     exact, _ = Gallery.build([tmp_path / "p"], tmp_path / "c", tiny_encoder)
+    assert not (exact.generation_dir / "index.ann").exists(), "no Annoy index where exact search is used"
     annoy = Gallery.open(tmp_path / "c", tiny_encoder, IndexConfig(annoy_threshold=10))
     assert exact.backend == "exact" and annoy.backend == "annoy"
     for row in range(0, 40, 7):
@@ -215,6 +217,7 @@ def test_manifest_records_files_model_and_index(tmp_path, tiny_encoder):
     assert manifest["encoder"]["model"] == "zsdemo-tiny-vit" and manifest["metric"] == "angular"
     assert manifest["fingerprint"] == tiny_encoder.fingerprint()
     assert {"path", "size", "mtime_ns", "thumb", "name"} <= set(manifest["entries"][0])
+    assert manifest["index"] == "exact" and manifest["skipped"] == []
     assert embeddings.shape == (2, 32)
     json.dumps(manifest)
 
@@ -248,3 +251,70 @@ def test_blend_is_normalised_and_identity_at_zero():
     mixed = blend(s, t, 0.5)
     assert np.linalg.norm(mixed) == pytest.approx(1.0, abs=1e-6)
     assert mixed @ t > s @ t
+
+
+# ---- a user's data survives ---------------------------------------------------------------------
+def test_rebuild_without_folders_keeps_the_users_photos(tmp_path, tiny_encoder):
+    make_photos(tmp_path / "mine", 5)
+    Gallery.build([tmp_path / "mine"], tmp_path / "c", tiny_encoder)
+    prompts = save_checkpoint(tmp_path / "prompts.safetensors", PromptedViT(tiny_encoder.clip.visual, PromptSpec(3)),
+                              "zsdemo-tiny-vit", "none", "1")
+    other = SketchPhotoEncoder.load(EncoderConfig(model="zsdemo-tiny-vit", pretrained="none", prompts=str(prompts)))
+    assert recorded_sources(tmp_path / "c") == [(tmp_path / "mine").resolve()]
+    rebuilt, report = Gallery.build(None, tmp_path / "c", other)  # stale model, no folders named
+    assert report.added == 5 and {e.name for e in rebuilt.entries} == {f"photo_{i:03d}.{['jpg', 'png', 'webp', 'bmp'][i % 4]}" for i in range(5)}
+    assert rebuilt.sources == [(tmp_path / "mine").resolve()]
+    # a damaged CURRENT still tells which folders to use
+    (tmp_path / "c" / "CURRENT").write_text("gen-gone")
+    assert recorded_sources(tmp_path / "c") == [(tmp_path / "mine").resolve()]
+
+
+def test_a_photo_that_turns_unreadable_leaves_the_index(tmp_path, encoder):
+    paths = make_photos(tmp_path / "p", 4)
+    gallery, _ = Gallery.build([tmp_path / "p"], tmp_path / "c", encoder)
+    victim = paths[1]
+    old_thumb = next(e.thumb for e in gallery.entries if e.path == str(victim.resolve()))
+    Image.new("RGB", (40, 40), "green").save(victim)  # changes...
+    victim.write_bytes(b"\x89PNG truncated")  # ...then becomes unreadable
+    updated, report = Gallery.build([tmp_path / "p"], tmp_path / "c", encoder)
+    assert len(updated) == 3 and str(victim.resolve()) not in {e.path for e in updated.entries}
+    assert [Path(p).name for p, _ in report.skipped] == [victim.name]
+    assert not (updated.thumbs_dir / old_thumb).exists(), "its stale thumbnail is gone too"
+    assert [s.path for s in updated.skipped] == [str(victim.resolve())]
+    # not retried (and not reported as changed) until the file changes again
+    plan = plan_update([tmp_path / "p"], tmp_path / "c", encoder.fingerprint(), manifest=updated.manifest)
+    assert not plan.changed and len(plan.skip) == 1
+    encoded = encoder.encoded
+    again, report = Gallery.build([tmp_path / "p"], tmp_path / "c", encoder)
+    assert again.generation_dir == updated.generation_dir and encoder.encoded == encoded
+    Image.new("RGB", (40, 40), "blue").save(victim)
+    os.utime(victim, ns=(1, 10**18))
+    fixed, report = Gallery.build([tmp_path / "p"], tmp_path / "c", encoder)
+    assert len(fixed) == 4 and report.added == 1 and fixed.skipped == []
+
+
+def test_a_folder_without_photos_is_refused_and_leaves_nothing(tmp_path, tiny_encoder):
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    (tmp_path / "empty" / "notes.txt").write_text("no photos here")
+    with pytest.raises(CacheError, match="No photos in"):
+        Gallery.build([tmp_path / "empty"], tmp_path / "c", tiny_encoder)
+    assert not (tmp_path / "c").exists()
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "x.jpg").write_bytes(b"nope")
+    with pytest.raises(CacheError, match="None of the 1 photo files could be read"):
+        Gallery.build([tmp_path / "bad"], tmp_path / "c", tiny_encoder)
+    assert not (tmp_path / "c").exists()
+
+
+def test_gallery_create_is_the_public_constructor(tmp_path, tiny_encoder):
+    paths = make_photos(tmp_path / "p", 3)
+    vectors = tiny_encoder.encode_photos(paths)
+    (tmp_path / "c" / "thumbs").mkdir(parents=True)
+    entries = []
+    for i, path in enumerate(paths):
+        Image.open(path).save(tmp_path / "c" / "thumbs" / f"t{i}.jpg")
+        entries.append(PhotoEntry(path.name, str(path), path.stat().st_size, path.stat().st_mtime_ns, f"t{i}.jpg"))
+    made = Gallery.create(tmp_path / "c", entries, vectors, [tmp_path / "p"], tiny_encoder)
+    reopened = Gallery.open(tmp_path / "c", tiny_encoder)
+    assert len(reopened) == 3 and reopened.search(vectors[2], 1)[0].name == paths[2].name
+    assert made.generation_dir == reopened.generation_dir

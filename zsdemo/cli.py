@@ -9,32 +9,33 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from zsdemo.config import ServeConfig, resolve_hub_file, resolve_serve_config
 from zsdemo.errors import ZsdemoError
 
 log = logging.getLogger("zsdemo")
 
-DEFAULT_CACHE = Path("gallery_cache") / "default"
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("model (defaults: the cache's model for search/info, else env ZSDEMO_*)")
+    group = parser.add_argument_group("model (defaults: flag > env ZSDEMO_* > the cache's own model > built-in)")
     group.add_argument("--model", help="open_clip model name (default ViT-B-32-quickgelu)")
     group.add_argument("--pretrained", help="open_clip tag (default openai), a local weights file, or 'none' (random)")
     group.add_argument("--prompts", help="prompt checkpoint (.safetensors) written by train/fit.py")
-    group.add_argument("--query-precision", choices=["fp32", "bf16", "int8"], help="precision of sketch encoding")
+    group.add_argument("--query-precision", help="how sketch queries run: auto, fp32, int8, bf16")
 
 
-def _encoder_config(args: argparse.Namespace, manifest: dict[str, Any] | None = None):
-    from zsdemo.encoder import EncoderConfig
-
-    base: dict[str, Any] = {}
-    if manifest:  # search/info default to the model the cache was built with
-        enc = manifest.get("encoder", {})
-        base = {"model": enc.get("model"), "pretrained": enc.get("pretrained"), "prompts": enc.get("prompts")}
+def _serve_config(args: argparse.Namespace, manifest: dict[str, Any] | None = None) -> ServeConfig:
     flags = {"model": args.model, "pretrained": args.pretrained, "prompts": args.prompts,
-             "query_precision": getattr(args, "query_precision", None)}
-    base.update({k: v for k, v in flags.items() if v is not None})
-    return EncoderConfig.from_env(**base)
+             "query_precision": getattr(args, "query_precision", None), "cache": args.cache,
+             "galleries": getattr(args, "photo_dirs", None)}
+    return resolve_serve_config(flags, manifest)
+
+
+def _encoder(config: ServeConfig):
+    from zsdemo.encoder import EncoderConfig, SketchPhotoEncoder
+
+    prompts = resolve_hub_file(config.prompts) if config.prompts else None
+    return SketchPhotoEncoder.load(EncoderConfig.from_serve(config, prompts))
 
 
 def _progress_bar(desc: str):
@@ -51,20 +52,41 @@ def _progress_bar(desc: str):
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from zsdemo.encoder import SketchPhotoEncoder
-    from zsdemo.gallery import Gallery
-    from zsdemo.starter import starter_photos_dir
+    from zsdemo.gallery import Gallery, recorded_sources
+    from zsdemo.service import gallery_sources
 
-    sources = [Path(p) for p in args.photo_dirs] or [starter_photos_dir(Path(args.cache).parent)]
-    encoder = SketchPhotoEncoder.load(_encoder_config(args))
+    cache = _serve_config(args).cache_dir
+    config = _serve_config(args, _try_manifest(cache))  # an existing cache keeps its model unless told otherwise
+    sources = gallery_sources(cache, config.galleries)
+    if sources is None:
+        print(f"Updating {cache} from the folders it records: {', '.join(map(str, recorded_sources(cache) or []))}",
+              file=sys.stderr)
+    encoder = _encoder(config)
     bar, update = _progress_bar("Indexing")
     try:
-        gallery, report = Gallery.build(sources, Path(args.cache), encoder, progress=update)
+        gallery, report = Gallery.build(sources, cache, encoder, progress=update,
+                                        on_wait=lambda message: print(message, file=sys.stderr))
     finally:
         bar.close()
     print(report.summary())
     print(f"Cache: {gallery.cache_dir} ({len(gallery)} photos, search: {gallery.backend})")
     return 0
+
+
+def _try_manifest(cache: Path) -> dict[str, Any] | None:
+    from zsdemo.errors import CacheError
+
+    try:
+        return _load_manifest(cache)
+    except CacheError:
+        return None
+
+
+def _model_flags(args: argparse.Namespace) -> str:
+    """The model flags given on this command line, to repeat them in a suggested command."""
+    given = [(flag, getattr(args, name, None)) for flag, name in
+             (("--model", "model"), ("--pretrained", "pretrained"), ("--prompts", "prompts"))]
+    return "".join(f" {flag} {value}" for flag, value in given if value)
 
 
 def _load_manifest(cache: Path) -> dict[str, Any]:
@@ -75,12 +97,14 @@ def _load_manifest(cache: Path) -> dict[str, Any]:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from zsdemo.encoder import SketchPhotoEncoder
     from zsdemo.engine import SearchEngine
     from zsdemo.gallery import Gallery
+    from zsdemo.preprocess import open_image
 
-    cache = Path(args.cache)
-    encoder = SketchPhotoEncoder.load(_encoder_config(args, _load_manifest(cache)))
+    open_image(args.query, display_name=args.query)  # a missing or unreadable query fails before the model loads
+    config = _serve_config(args)
+    cache = config.cache_dir
+    encoder = _encoder(_serve_config(args, _load_manifest(cache)))
     engine = SearchEngine(encoder, Gallery.open(cache, encoder))
     if args.query_type == "photo":
         result = engine.search_photo(args.query, k=args.k)
@@ -98,37 +122,32 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from zsdemo.encoder import fingerprint_without_loading
-    from zsdemo.gallery import scan_photos
+    from zsdemo.encoder import EncoderConfig, fingerprint_without_loading
+    from zsdemo.gallery import plan_update
 
-    cache = Path(args.cache)
+    cache = _serve_config(args).cache_dir
     manifest = _load_manifest(cache)
-    cfg = _encoder_config(args, manifest)
-    current = fingerprint_without_loading(cfg)
-    entries = {e["path"]: e for e in manifest["entries"]}
-    on_disk = {}
-    missing_sources = [s for s in manifest["sources"] if not Path(s).is_dir()]
+    config = _serve_config(args, manifest)
+    current = fingerprint_without_loading(EncoderConfig.from_serve(config, config.prompts))
     present = [Path(s) for s in manifest["sources"] if Path(s).is_dir()]
-    for path, _ in scan_photos(present, exclude=cache.resolve()):
-        stat = path.stat()
-        on_disk[str(path)] = (stat.st_size, stat.st_mtime_ns)
-    new = [p for p in on_disk if p not in entries]
-    removed = [p for p in entries if p not in on_disk]
-    changed = [p for p, (size, mtime) in on_disk.items()
-               if p in entries and (entries[p]["size"], entries[p]["mtime_ns"]) != (size, mtime)]
-    model_stale = current != manifest["fingerprint"]
+    missing_sources = [s for s in manifest["sources"] if not Path(s).is_dir()]
+    plan = plan_update(present, cache, current, manifest=manifest)
+    plan.sources_changed = plan.sources_changed and not missing_sources
+    update = f"python -m zsdemo index --cache {cache}{_model_flags(args)}"
     info = {
         "cache": str(cache.resolve()),
-        "photos": len(entries),
+        "photos": len(manifest["entries"]),
         "built": manifest["built"],
         "sources": manifest["sources"],
         "encoder": manifest["encoder"],
         "fingerprint": manifest["fingerprint"],
         "current_fingerprint": current,
-        "stale_model": model_stale,
-        "files_new": len(new), "files_changed": len(changed), "files_removed": len(removed),
+        "stale_model": plan.stale_model,
+        "files_new_or_changed": len(plan.encode), "files_removed": len(plan.remove),
+        "files_unreadable": len(plan.skip),
         "missing_sources": missing_sources,
-        "stale": model_stale or bool(new or changed or removed),
+        "stale": plan.changed,
+        "update_command": update,
     }
     if args.json:
         print(json.dumps(info, indent=1))
@@ -138,11 +157,15 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"Photos:   {info['photos']} from {', '.join(manifest['sources'])} (built {manifest['built']})")
     print(f"Model:    {enc['model']} / weights {enc['pretrained']} / prompts {enc.get('prompts') or 'none (stock CLIP)'}")
     print(f"Fingerprint: {manifest['fingerprint']} (current model: {current})")
-    if model_stale:
-        print("Status:   STALE - built for another model, weights or prompts; `index` will rebuild it.")
-    elif new or changed or removed:
-        print(f"Status:   STALE - {len(new)} new, {len(changed)} changed, {len(removed)} removed photos; "
-              "`index` will update only those.")
+    if plan.skip:
+        print(f"Skipped:  {len(plan.skip)} unreadable files (not retried until they change)")
+    if missing_sources:
+        print(f"Warning:  photo folders missing: {', '.join(missing_sources)}")
+    if plan.stale_model:
+        print(f"Status:   STALE - built for another model, weights or prompts. `{update}` re-encodes the same photos.")
+    elif plan.changed:
+        print(f"Status:   STALE - {len(plan.encode)} new or changed, {len(plan.remove)} removed photos. "
+              f"`{update}` updates only those.")
     else:
         print("Status:   up to date")
     return 0
@@ -162,14 +185,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("index", help="index a photo folder (recursively) into a gallery cache")
-    p.add_argument("photo_dirs", nargs="*", help="photo folders (default: the bundled starter photos)")
-    p.add_argument("--cache", default=str(DEFAULT_CACHE), help=f"cache folder (default {DEFAULT_CACHE})")
+    p.add_argument("photo_dirs", nargs="*", help="photo folders (default: the folders the cache records; for a new "
+                                                 "cache, the bundled starter photos)")
+    p.add_argument("--cache", help="cache folder (default gallery_cache/<first folder>-<hash>, or gallery_cache/starter)")
     _add_model_args(p)
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("search", help="search a gallery cache with a sketch or photo file")
     p.add_argument("query", help="query image file")
-    p.add_argument("--cache", default=str(DEFAULT_CACHE))
+    p.add_argument("--cache", help="cache folder (default gallery_cache/starter)")
     p.add_argument("-k", type=int, default=10, help="number of results")
     p.add_argument("--query-type", choices=["sketch", "photo"], default="sketch")
     p.add_argument("--text", help="optional text to blend with the sketch (e.g. 'red')")
@@ -179,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("info", help="what is cached, for which model and prompts, and whether it is stale")
-    p.add_argument("--cache", default=str(DEFAULT_CACHE))
+    p.add_argument("--cache", help="cache folder (default gallery_cache/starter)")
     p.add_argument("--json", action="store_true")
     _add_model_args(p)
     p.set_defaults(func=cmd_info)

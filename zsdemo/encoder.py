@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import logging
 import os
@@ -10,7 +11,7 @@ import socket
 import urllib.parse
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from zsdemo.config import DEFAULT_MODEL, DEFAULT_PRETRAINED, ServeConfig, is_random_weights
 from zsdemo.errors import WeightsUnavailableError, ZsdemoError
 from zsdemo.precision import AUTO, canonical_path, make_query_model, probe_sketches, select_query_path
 from zsdemo.preprocess import PREPROCESS_VERSION, Transform, clean_sketch, load_photo
@@ -31,7 +33,6 @@ log = logging.getLogger(__name__)
 # A 2-layer, 64-wide ViT for tests and smoke runs: `--model zsdemo-tiny-vit --pretrained none`.
 open_clip.add_model_config(Path(__file__).parent / "model_configs")
 
-RANDOM_WEIGHTS = ("none", "random", "")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
 
@@ -54,8 +55,8 @@ class EncoderConfig:
     Measured by `python bench/query.py` in one run per machine; "fp32" gives bit-exact output.
     """
 
-    model: str = "ViT-B-32-quickgelu"
-    pretrained: str = "openai"  # open_clip tag, a local weights file, or "none" for random weights
+    model: str = DEFAULT_MODEL
+    pretrained: str = DEFAULT_PRETRAINED  # open_clip tag, a local weights file, or "none" for random weights
     prompts: str | None = None  # prompt checkpoint (.safetensors) from train/fit.py
     query_precision: str = AUTO  # auto | fp32 | int8 | bf16 | onnx-fp32 | onnx-int8: sketch queries only (see above)
     batch_size: int = 32
@@ -63,17 +64,10 @@ class EncoderConfig:
     spec: PromptSpec = field(default_factory=lambda: PromptSpec(n_prompts=0))  # used when no checkpoint is given
 
     @classmethod
-    def from_env(cls, **overrides: Any) -> EncoderConfig:
-        cfg = cls()
-        env = {
-            "model": os.environ.get("ZSDEMO_MODEL"),
-            "pretrained": os.environ.get("ZSDEMO_PRETRAINED"),
-            "prompts": os.environ.get("ZSDEMO_PROMPTS"),
-            "query_precision": os.environ.get("ZSDEMO_QUERY_PRECISION"),
-        }
-        values = {k: v for k, v in env.items() if v}
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return replace(cfg, **values)
+    def from_serve(cls, serve: ServeConfig, prompts: str | None = None, **overrides: Any) -> EncoderConfig:
+        """The encoder part of a resolved ServeConfig; `prompts` is a local file (hf:// already resolved)."""
+        return cls(model=serve.model, pretrained=serve.pretrained, prompts=prompts,
+                   query_precision=serve.query_precision, **overrides)
 
 
 def _weights_help(model_name: str, tag: str) -> str:
@@ -87,7 +81,7 @@ def _weights_help(model_name: str, tag: str) -> str:
         "Do one of these:",
     ]
     if repo:
-        steps.append(f"  - on a machine with internet: `huggingface-cli download {repo} open_clip_model.safetensors` "
+        steps.append(f"  - on a machine with internet: `{hub_download_command()} {repo} open_clip_model.safetensors` "
                      "(then copy the cache, or set HF_HOME to it);")
     steps += [
         "  - point to a weights file you have: --pretrained /path/to/open_clip_model.safetensors "
@@ -97,9 +91,16 @@ def _weights_help(model_name: str, tag: str) -> str:
     return "\n".join(steps)
 
 
+def hub_download_command() -> str:
+    """The download command that the installed huggingface_hub ships (`hf` replaced `huggingface-cli`)."""
+    scripts = {ep.name for ep in importlib.metadata.entry_points(group="console_scripts")
+               if ep.value.startswith("huggingface_hub")}
+    return "hf download" if "hf" in scripts or "huggingface-cli" not in scripts else "huggingface-cli download"
+
+
 def pretrained_identity(pretrained: str) -> str:
     """A stable string naming the weights, for cache fingerprints."""
-    if pretrained.lower() in RANDOM_WEIGHTS:
+    if is_random_weights(pretrained):
         return "random-seed0"
     path = Path(pretrained)
     if path.is_file():
@@ -112,7 +113,7 @@ def create_clip(model_name: str, pretrained: str) -> torch.nn.Module:
     """open_clip model in eval mode, or a WeightsUnavailableError telling the user what to do."""
     if model_name not in open_clip.list_models():
         raise ZsdemoError(f"Unknown open_clip model {model_name!r}. Try ViT-B-32-quickgelu (with --pretrained openai).")
-    if pretrained.lower() in RANDOM_WEIGHTS:
+    if is_random_weights(pretrained):
         log.warning("!!! RANDOM WEIGHTS: %s is randomly initialised (seed 0); search results are meaningless. "
                     "Use only for tests and speed measurements. !!!", model_name)
         with torch.random.fork_rng(devices=[]):
@@ -324,7 +325,3 @@ class SketchPhotoEncoder:
             self._tokenizer = open_clip.get_tokenizer(self.cfg.model)
         feats = self.clip.encode_text(self._tokenizer(list(texts)).to(self.cfg.device), normalize=True)
         return feats.float().cpu().numpy()
-
-
-def load_encoder(cfg: EncoderConfig | None = None) -> SketchPhotoEncoder:
-    return SketchPhotoEncoder.load(cfg or EncoderConfig.from_env())

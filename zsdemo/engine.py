@@ -43,10 +43,11 @@ class SearchEngine:
             self._text_cache[text] = self.encoder.encode_text([text])[0]
         return self._text_cache[text]
 
-    def search_sketch(self, sketch: Any, k: int = 12, text: str | None = None, text_weight: float = 0.0) -> SearchResult:
-        """Raises EmptySketchError / ImageError (user-readable) for unusable input."""
+    def search_sketch(self, sketch: Any, k: int = 12, text: str | None = None, text_weight: float = 0.0,
+                      display_name: str | None = None) -> SearchResult:
+        """Raises EmptySketchError / ImageError (user-readable; files named `display_name`) for unusable input."""
         started = time.perf_counter()
-        preview = clean_sketch(sketch)
+        preview = clean_sketch(sketch, display_name=display_name)
         vector = self.encoder.encode_clean_sketches([preview])[0]
         if text and text.strip() and text_weight > 0:
             vector = blend(vector, self.text_vector(text), text_weight)

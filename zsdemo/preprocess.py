@@ -13,7 +13,9 @@ cache fingerprint, so stale caches get rebuilt.
 from __future__ import annotations
 
 import io
+import json
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 
 from zsdemo.errors import EmptySketchError, ImageError
 
@@ -50,16 +52,26 @@ DEFAULT_LIMITS = ImageLimits()
 DEFAULT_SKETCH_POLICY = SketchPolicy()
 
 
-def open_image(source: str | os.PathLike | bytes | io.IOBase, limits: ImageLimits = DEFAULT_LIMITS) -> Image.Image:
+def _read_limited(stream: Any, limit: int) -> bytes:
+    """Read a file-like object, refusing it as soon as it passes `limit` bytes."""
+    data = stream.read(limit + 1)
+    if len(data) > limit:
+        raise ImageError(f"The image is over the {limit / 2**20:.0f} MB limit. Use a smaller file.")
+    return data
+
+
+def open_image(source: str | os.PathLike | bytes | io.IOBase, limits: ImageLimits = DEFAULT_LIMITS,
+               display_name: str | None = None) -> Image.Image:
     """Open an image file safely: size limits checked before decoding, EXIF orientation applied.
 
-    Returns a fully loaded PIL image (any mode). Raises ImageError with a readable message.
+    Returns a fully loaded PIL image (any mode). Raises ImageError with a readable message, which names
+    the file as `display_name` (default: its base name; pass "the image" for server-side temp files).
     """
-    name = "the image"
+    name = display_name or "the image"
     try:
         if isinstance(source, (str, os.PathLike)):
             path = Path(source)
-            name = path.name
+            name = display_name or path.name
             if not path.is_file():
                 raise ImageError(f"{name}: file not found.")
             if path.stat().st_size > limits.max_file_bytes:
@@ -70,29 +82,37 @@ def open_image(source: str | os.PathLike | bytes | io.IOBase, limits: ImageLimit
             fp: Any = path
         elif isinstance(source, bytes):
             if len(source) > limits.max_file_bytes:
-                raise ImageError(f"The image is over the {limits.max_file_bytes / 2**20:.0f} MB limit.")
+                raise ImageError(f"{name} is over the {limits.max_file_bytes / 2**20:.0f} MB limit. Use a smaller file.")
             fp = io.BytesIO(source)
         else:
-            fp = source
-        with Image.open(fp) as im:
-            width, height = im.size
-            if width * height > limits.max_pixels:
-                raise ImageError(
-                    f"{name} is {width}x{height} pixels ({width * height / 1e6:.0f} MP); the limit is "
-                    f"{limits.max_pixels / 1e6:.0f} MP. Resize it first."
-                )
-            im.seek(0)  # animated GIF/WebP: the first frame
-            im.load()
-            image = ImageOps.exif_transpose(im) or im
-            if image is im:
-                image = im.copy()
+            fp = io.BytesIO(_read_limited(source, limits.max_file_bytes))
+        with warnings.catch_warnings():
+            # We check the pixel count ourselves below, with a clearer message than PIL's warning.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(fp) as im:
+                check_pixels(im.size, limits, name)
+                im.seek(0)  # animated GIF/WebP: the first frame
+                im.load()
+                image = ImageOps.exif_transpose(im) or im
+                if image is im:
+                    image = im.copy()
         return image
     except ImageError:
         raise
-    except Image.DecompressionBombError as exc:
-        raise ImageError(f"{name} is too large to decode safely ({exc}).") from None
+    except Image.DecompressionBombError:
+        raise ImageError(f"{name} is too large to decode safely. Resize it first.") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
-        raise ImageError(f"{name} is not a readable image ({type(exc).__name__}: {exc}).") from None
+        raise ImageError(f"{name} is not a readable image ({type(exc).__name__}).") from None
+
+
+def check_pixels(size: tuple[int, int], limits: ImageLimits = DEFAULT_LIMITS, name: str = "the image") -> None:
+    """ImageError when an image of `size` (width, height) is over the pixel limit."""
+    width, height = size
+    if width * height > limits.max_pixels:
+        raise ImageError(
+            f"{name} is {width}x{height} pixels ({width * height / 1e6:.0f} MP); the limit is "
+            f"{limits.max_pixels / 1e6:.0f} MP. Resize it first."
+        )
 
 
 def flatten_to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
@@ -144,8 +164,72 @@ def _array_to_image(arr: np.ndarray) -> Image.Image:
     raise ImageError(f"Unsupported image array shape {arr.shape}: expected HxW, HxWx3 or HxWx4.")
 
 
-def sketch_to_image(value: Any, limits: ImageLimits = DEFAULT_LIMITS) -> Image.Image:
-    """Accept a Gradio Sketchpad value (dict with 'composite'), a PIL image, an array or a path."""
+@dataclass(frozen=True)
+class StrokeLimits:
+    """What a drawn-strokes value may hold (the page's canvas sends a few hundred points per sketch)."""
+
+    max_chars: int = 400_000  # the JSON text
+    max_points: int = 40_000
+    max_side: int = 2048  # canvas width/height in pixels
+    max_brush: int = 64
+
+
+DEFAULT_STROKE_LIMITS = StrokeLimits()
+
+
+def is_strokes_value(value: Any) -> bool:
+    """A canvas value made of strokes: a dict with 'strokes', or its JSON text."""
+    if isinstance(value, dict):
+        return "strokes" in value
+    return isinstance(value, str) and value.lstrip().startswith("{")
+
+
+def strokes_to_image(value: str | dict[str, Any], limits: StrokeLimits = DEFAULT_STROKE_LIMITS) -> Image.Image:
+    """The page canvas's value -> black strokes on a white RGB image of the canvas's size.
+
+    The value is `{"width": W, "height": H, "brush": B, "strokes": [[x0, y0, x1, y1, ...], ...]}` (or its
+    JSON text), in canvas pixels. Sending strokes instead of a PNG keeps each request a few KB and lets the
+    server draw them in well under a millisecond; malformed or oversized values raise ImageError.
+    """
+    if isinstance(value, str):
+        if len(value) > limits.max_chars:
+            raise ImageError(f"The drawing is too large to read (over {limits.max_chars // 1000} KB of strokes).")
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise ImageError("The drawing could not be read (malformed strokes).") from None
+    if not isinstance(value, dict):
+        raise ImageError("The drawing could not be read (expected strokes).")
+    try:
+        width, height = int(value.get("width", 448)), int(value.get("height", 448))
+        brush = int(value.get("brush", 4))
+        strokes = [[float(c) for c in stroke] for stroke in value.get("strokes") or []]
+    except (TypeError, ValueError):
+        raise ImageError("The drawing could not be read (strokes must be lists of numbers).") from None
+    if not (8 <= width <= limits.max_side and 8 <= height <= limits.max_side):
+        raise ImageError(f"The canvas must be between 8 and {limits.max_side} pixels a side, not {width}x{height}.")
+    if sum(len(s) for s in strokes) > 2 * limits.max_points:
+        raise ImageError(f"The drawing has too many points (the limit is {limits.max_points}); clear it and draw again.")
+    brush = max(1, min(brush, limits.max_brush))
+    image = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    for stroke in strokes:
+        points = list(zip(stroke[0::2], stroke[1::2], strict=False))
+        if not points:
+            continue
+        radius = brush / 2
+        if len(points) > 1:
+            draw.line(points, fill=(0, 0, 0), width=brush, joint="curve")
+        for x, y in (points[0], points[-1]):  # round caps; a single tap is a dot
+            draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=(0, 0, 0))
+    return image
+
+
+def sketch_to_image(value: Any, limits: ImageLimits = DEFAULT_LIMITS, display_name: str | None = None) -> Image.Image:
+    """Accept a Gradio Sketchpad value (dict with 'composite'), a PIL image, an array or a path.
+    Every kind obeys the same pixel limit as files."""
+    if is_strokes_value(value):
+        return strokes_to_image(value)
     if isinstance(value, dict):
         if value.get("composite") is not None:
             value = value["composite"]
@@ -153,24 +237,27 @@ def sketch_to_image(value: Any, limits: ImageLimits = DEFAULT_LIMITS) -> Image.I
             layers = [layer for layer in value.get("layers") or [] if layer is not None]
             value = value.get("background") if not layers else layers[-1]
         if value is None:
-            raise EmptySketchError("The canvas is empty: pick the brush and draw something.")
+            raise EmptySketchError("The canvas is empty: draw something.")
     if value is None:
-        raise EmptySketchError("The canvas is empty: pick the brush and draw something.")
+        raise EmptySketchError("The canvas is empty: draw something.")
     if isinstance(value, Image.Image):
+        check_pixels(value.size, limits, display_name or "the sketch")
         return value
     if isinstance(value, np.ndarray):
+        if value.ndim >= 2:
+            check_pixels((value.shape[1], value.shape[0]), limits, display_name or "the sketch")
         return _array_to_image(value)
     if isinstance(value, (str, os.PathLike, bytes)):
-        return open_image(value, limits)
+        return open_image(value, limits, display_name)
     raise ImageError(f"Cannot read a sketch from a {type(value).__name__}.")
 
 
-def clean_sketch(value: Any, policy: SketchPolicy = DEFAULT_SKETCH_POLICY) -> Image.Image:
+def clean_sketch(value: Any, policy: SketchPolicy = DEFAULT_SKETCH_POLICY, display_name: str | None = None) -> Image.Image:
     """Any sketch input -> dark ink on white, cropped to the ink with a margin, padded to a square RGB image.
 
     Raises EmptySketchError when there is (almost) no ink.
     """
-    rgb = flatten_to_rgb(sketch_to_image(value))
+    rgb = flatten_to_rgb(sketch_to_image(value, display_name=display_name))
     grey = np.asarray(rgb.convert("L"), dtype=np.uint8)
     border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
     if np.median(border) < 128:  # light strokes on a dark board: make it ink on paper
@@ -179,7 +266,7 @@ def clean_sketch(value: Any, policy: SketchPolicy = DEFAULT_SKETCH_POLICY) -> Im
     ink = grey < policy.ink_threshold
     count = int(ink.sum())
     if count < max(policy.min_ink_pixels, policy.min_ink_fraction * grey.size):
-        raise EmptySketchError("The canvas is empty: pick the brush and draw something.")
+        raise EmptySketchError("The canvas is empty: draw something.")
     rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
     top, bottom, left, right = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
     side = max(bottom - top, right - left)
