@@ -1,34 +1,64 @@
-"""Smoke test of `python -m zsdemo bench --quick` with the tiny model (no timed assertions)."""
+"""Smoke runs of the benchmarks in bench/ with the tiny model (no timed assertions), and the helpers they use."""
 
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from bench import common as bench
+from bench import query as query_bench
+from bench import search as search_bench
 from conftest import TINY_MODEL
-from zsdemo import bench
 from zsdemo.encoder import EncoderConfig, SketchPhotoEncoder, create_clip
 from zsdemo.precision import LinearSelfAttention, cls_only_last_block, linearize_attention
 from zsdemo.preprocess import clean_sketch
 from zsdemo.prompts import PromptedViT, PromptSpec
 
+ROOT = Path(__file__).resolve().parents[1]
 
-def test_quick_bench_runs_and_reports_every_section(capsys):
-    results = bench.run_benchmarks(model=TINY_MODEL, pretrained="none", quick=True, gallery_size=300, repeats=2)
+
+def test_query_benchmark_smoke_run_prints_every_section_and_the_verdict_last(tmp_path):
+    """`python bench/query.py --quick` with the tiny model, as a script (figures are not asserted: a benchmark)."""
+    env = {**os.environ, "ZSDEMO_QUERY_CACHE": str(tmp_path / "paths")}
+    cmd = [sys.executable, str(ROOT / "bench" / "query.py"), "--quick", "--model", TINY_MODEL, "--pretrained", "none",
+           "--gallery-size", "300", "--repeats", "2", "--cache-dir", str(tmp_path / "onnx")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    for heading in ("machine:", "AVX2", "image encoder", "stock open_clip fp32", "int8 (torch)", "picks here",
+                    "end to end", "breakdown of the chosen path"):
+        assert heading in out, heading
+    last = out.strip().splitlines()[-1]
+    fields = dict(part.split("=", 1) for part in last.split())
+    assert set(fields) == {"query_p50_ratio", "cosine_min", "path", "cpu", "target", "met"}, last
+    assert float(fields["query_p50_ratio"]) > 0 and fields["met"] in ("yes", "no") and fields["target"] == "0.33"
+    assert 0.0 <= float(fields["cosine_min"]) <= 1.0001
+
+
+def test_query_benchmark_results_in_process(tmp_path, capsys):
+    results = query_bench.run(TINY_MODEL, "none", quick=True, gallery_size=200, repeats=2, cache_dir=tmp_path)
     out = capsys.readouterr().out
-    for heading in ("machine:", "image encoder", "end to end", "nearest neighbours", "gallery indexing"):
-        assert heading in out
-    assert out.strip().splitlines()[-1].startswith("e2e p50 = ")
-    assert out.strip().endswith(("PASS", "FAIL"))
-    assert set(results["e2e"]) == {"fp32", "bf16", "int8"}
-    assert results["machine"]["cores"] >= 1
-    for name, figures in results["encoder"].items():
+    assert out.strip().splitlines()[-1] == results["verdict"]
+    assert results["paths"]["stock open_clip fp32"]["ratio"] == pytest.approx(1.0)
+    for name, figures in results["paths"].items():
         assert figures["p50_ms"] > 0, name
-        assert -1.0 <= figures["cosine"] <= 1.0 + 1e-5
-    assert results["encoder"]["prompted fp32 (K=3)"]["cosine"] == pytest.approx(1.0, abs=1e-6)
+        assert figures["cosine"] is None or -1.0 <= figures["cosine"] <= 1.0 + 1e-5
+    assert results["paths"]["fp32 (prompted)"]["cosine"] == pytest.approx(1.0, abs=1e-6)
+    assert results["path"] in results["e2e"] and results["e2e"][results["path"]]["p50_ms"] > 0
+    assert results["selection"]["path"] == results["path"]
+
+
+def test_search_benchmark_smoke_run(capsys):
+    results = search_bench.run(TINY_MODEL, "none", quick=True, repeats=2)
+    out = capsys.readouterr().out
+    assert "nearest neighbours" in out and "gallery indexing" in out and "machine:" in out
     ann = results["ann"][2_000]
     assert all(0.0 <= v["recall"] <= 1.0 for v in ann["annoy"].values())
     assert results["indexing"]["photos_per_s"] > 0
@@ -73,17 +103,6 @@ def test_reduced_precision_query_paths_stay_close_to_fp32(precision):
     # the fp32 model itself is never modified by building a reduced-precision copy
     assert isinstance(encoder.clip.visual.transformer.resblocks[0].attn, torch.nn.MultiheadAttention)
     assert encoder.clip.visual.conv1.weight.dtype == torch.float32
-
-
-def test_query_path_falls_back_to_fp32_when_too_far_from_it(monkeypatch):
-    import zsdemo.encoder as encoder_module
-
-    monkeypatch.setattr(encoder_module, "MIN_QUERY_COSINE", 1.5)  # impossible: every reduced path fails the check
-    encoder = SketchPhotoEncoder.load(EncoderConfig(model=TINY_MODEL, pretrained="none", query_precision="int8"))
-    assert encoder.query_model("int8") is encoder.prompted
-    sketch = [bench.draw_canvas(1, size=160)]
-    images = torch.stack([encoder.transform(clean_sketch(s)) for s in sketch])
-    assert np.array_equal(encoder.encode_sketches(sketch), encoder.prompted(images, "sketch").detach().numpy())
 
 
 @pytest.mark.parametrize("spec", [PromptSpec(0), PromptSpec(3), PromptSpec(3, deep=True, shared=True, layernorm=True)])

@@ -1,4 +1,4 @@
-"""Command line: `python -m zsdemo {index,search,info,bench}`."""
+"""Command line: `python -m zsdemo {index,search,info}`."""
 
 from __future__ import annotations
 
@@ -171,14 +171,6 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from zsdemo.bench import run_benchmarks
-
-    run_benchmarks(model=args.model or "ViT-B-32-quickgelu", pretrained=args.pretrained or "none",
-                   quick=args.quick, gallery_size=args.gallery_size, repeats=args.repeats)
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m zsdemo", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -208,12 +200,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("bench", help="latency / recall / throughput benchmarks (prints figures)")
-    p.add_argument("--quick", action="store_true", help="fewer repeats, smaller galleries (smoke run)")
-    p.add_argument("--gallery-size", type=int, default=10_000)
-    p.add_argument("--repeats", type=int, default=30)
-    _add_model_args(p)
-    p.set_defaults(func=cmd_bench)
     return parser
 
 
