@@ -141,6 +141,73 @@ def learning_check(out_dir: Path, overrides: list[str], pretrained: str) -> dict
             "train_loss_first": losses[0], "train_loss_last": losses[-1]}
 
 
+LOSS_TERMS = ("hard_triplet", "cls_sketch", "cls_photo", "delta", "patch_shuffle")
+
+
+def fine_grained_check(out_root: Path, pretrained: str, taus: list[float], seeds: list[int],
+                       overrides: list[str]) -> dict[str, Any]:
+    """Fine-grained learning check: Acc@1/5 of the paired photo on the UNSEEN synthetic classes, for the frozen
+    pretrained backbone without prompts and for prompts trained (train/configs/tiny_fine_grained.yaml) with each
+    delta_tau and seed. Both galleries: all unseen photos (36) and the sketch's own class (12).
+    Also the mean size of every loss term and of its gradient on the embeddings over each run."""
+    from accelerate import Accelerator
+
+    from train import fit
+    from train.config import load_config
+    from train.data import eval_transform, split_from_config
+    from train.eval import eval_loaders, evaluate
+    from train.synthetic import generate
+    from zsdemo.prompts import read_checkpoint
+
+    config = Path(__file__).resolve().parent / "configs" / "tiny_fine_grained.yaml"
+    base = [f"pretrained={pretrained}", "progress=false", "log_every=1", f"data_root={out_root / 'data'}", *overrides]
+    cfg = load_config(config, base)
+    if not Path(cfg.data_root).exists():
+        generate(cfg.data_root, seed=0)  # the data tiny_fine_grained.yaml would generate (seed 0)
+    split = split_from_config(cfg)
+    accelerator = Accelerator()
+
+    def acc(spec: Any, state: dict[str, torch.Tensor] | None) -> dict[str, float]:
+        clip, step_model = build_model(cfg.model, cfg.pretrained, spec, seed=cfg.seed)
+        if state is not None:
+            step_model.prompted.load_learned_state(state)
+        s_dl, p_dl, queries = eval_loaders(split.test, eval_transform(clip), cfg.eval_batch_size, 0, 0, cfg.sketch_mode)
+        result = evaluate(accelerator, step_model.prompted, split.test, s_dl, p_dl, queries, cfg)
+        return {f"{g} {k}": result[f"metrics_{g}_gallery"][k] for g in ("unseen", "category") for k in ("Acc@1", "Acc@5")}
+
+    rows: list[dict[str, Any]] = [{"model": "frozen pretrained backbone, no prompts", "delta_tau": None, "seed": None,
+                                   **acc(spec_for("fine_grained", n_prompts=0, layernorm=False), None)}]
+    for tau in taus:
+        for seed in seeds:
+            out = out_root / f"tau{tau}_seed{seed}"
+            start = time.perf_counter()
+            fit.main(["--config", str(config), *base, f"out_dir={out}", f"seed={seed}", f"delta_tau={tau}"])
+            seconds = time.perf_counter() - start
+            ckpt = read_checkpoint(out / "prompts.safetensors")
+            records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+            train = [r for r in records if "loss" in r]
+            sizes = {f"mean {k}": statistics.fmean(r[k] for r in train) for k in LOSS_TERMS}
+            sizes.update({f"mean grad_{k}": statistics.fmean(r[f"grad_{k}"] for r in train) for k in LOSS_TERMS})
+            rows.append({"model": f"prompts after {ckpt.meta.get('step')} steps", "delta_tau": tau, "seed": seed,
+                         "train_seconds": seconds, **acc(ckpt.spec, ckpt.state), **sizes})
+    return {"config": str(config), "overrides": overrides, "pretrained": pretrained, "rows": rows}
+
+
+def print_fine_grained(r: dict[str, Any]) -> None:
+    print(f"\n## Fine-grained learning check (tiny pretrained ViT, synthetic instance pairs; "
+          f"{' '.join(r['overrides']) or 'tiny_fine_grained.yaml as is'})")
+    print("| model | delta_tau | seed | unseen-gallery Acc@1 | Acc@5 | category-gallery Acc@1 | Acc@5 |\n|---|---|---|---|---|---|---|")
+    for row in r["rows"]:
+        print(f"| {row['model']} | {row['delta_tau'] if row['delta_tau'] is not None else '-'} | "
+              f"{row['seed'] if row['seed'] is not None else '-'} | {row['unseen Acc@1']:.1f} | {row['unseen Acc@5']:.1f} | "
+              f"{row['category Acc@1']:.1f} | {row['category Acc@5']:.1f} |")
+    print("\nloss terms over the run (mean value; mean norm of the weighted term's gradient on the embeddings):")
+    print("| delta_tau | seed | " + " | ".join(LOSS_TERMS) + " |\n|---|---|" + "---|" * len(LOSS_TERMS))
+    for row in r["rows"][1:]:
+        cells = [f"{row[f'mean {k}']:.4f} / {row[f'mean grad_{k}']:.2e}" for k in LOSS_TERMS]
+        print(f"| {row['delta_tau']} | {row['seed']} | " + " | ".join(cells) + " |")
+
+
 def load_tiny_log_every() -> int:
     from train.config import load_config
 
@@ -161,6 +228,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="key=value overrides of train/configs/tiny.yaml (default: %(default)s)")
     parser.add_argument("--pretrained-tiny", default="", help="reuse this train/pretrain_tiny.py output instead of pretraining")
     parser.add_argument("--pretrain-steps", type=int, default=PRETRAIN_STEPS)
+    parser.add_argument("--fine-grained", action="store_true",
+                        help="run the fine-grained learning check (Acc@1 frozen vs trained, per delta_tau and seed)")
+    parser.add_argument("--delta-taus", type=float, nargs="*", default=[1.0, 0.1])
+    parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
+    parser.add_argument("--fg-overrides", nargs="*", default=["epochs=30"],
+                        help="key=value overrides of train/configs/tiny_fine_grained.yaml (default: %(default)s)")
     parser.add_argument("--output", default="", help="write the results as JSON here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -203,6 +276,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"| {label} | {row['unseen mAP@all']:.3f} | {row['seen mAP@all']:.3f} |")
         print(f"\ntraining loss (logged every {load_tiny_log_every()} steps): first {r['train_loss_first']:.4f}, "
               f"last {r['train_loss_last']:.4f}")
+    if args.fine_grained:
+        with tempfile.TemporaryDirectory() as tmp:
+            weights = args.pretrained_tiny
+            if not weights:
+                from train.pretrain_tiny import pretrain
+
+                weights = str(Path(tmp) / "tiny_pretrained.safetensors")
+                pretrain(weights, steps=args.pretrain_steps)
+            results["fine_grained"] = fine_grained_check(Path(tmp) / "fg", weights, args.delta_taus, args.seeds,
+                                                         args.fg_overrides)
+        print_fine_grained(results["fine_grained"])
     if args.output:
         Path(args.output).write_text(json.dumps(results, indent=2))
     return results

@@ -1,11 +1,13 @@
-"""Retrieval metrics with explicit conventions (DESIGN.md §3).
+"""Retrieval metrics with explicit conventions (numbers from different conventions are not comparable).
 
 - "sake" (default; SAKE/TVT, the convention of the ZS-SBIR tables the paper copies): rank the whole
   gallery by cosine similarity; AP@k = VOC-interpolated average precision over the top k with recall
   denominator min(k, R), R = number of relevant gallery items; mAP@all = the same over the full ranking.
 - "torchmetrics": AP@k = mean precision at the hits inside the top k (denominator = hits in top k),
   not interpolated; AP@all is then scikit-learn's average precision.
-P@k = hits in the top k / k under both. Fine-grained Acc@k: rank of the one paired photo.
+P@k = hits in the top k / k under both. Same ranking, both conventions: one hit at rank 1 of the top 4
+with R = 4 gives AP@4 = 0.25 (sake) but 1.0 (torchmetrics). The authors' released evaluator is neither
+(it samples one photo per query). Fine-grained Acc@k: rank of the one paired photo, in a named gallery.
 """
 
 from __future__ import annotations
