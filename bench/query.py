@@ -138,10 +138,12 @@ def compiled_path(prompted: PromptedViT, x: torch.Tensor) -> tuple[Path_, float]
 
 
 # ---- trained tiny backbone ---------------------------------------------------------------------------
-def trained_tiny_cosines(steps: int, folder: Path, n_sketches: int = 8) -> dict[str, float]:
+def trained_tiny_cosines(steps: int, folder: Path, n_sketches: int = 8,
+                         weights: Path | None = None) -> dict[str, float]:
     """Each query path's min cosine to fp32 on the tiny ViT pretrained on photos (train/pretrain_tiny.py),
-    with 3 random prompts. The weights are cached in `folder` by step count."""
-    weights = folder / f"tiny-pretrained-{steps}.safetensors"
+    with 3 random prompts: `weights` (a file pretrain_tiny.py wrote), or pretrained here for `steps` steps and
+    cached in `folder`."""
+    weights = weights or folder / f"tiny-pretrained-{steps}.safetensors"
     if not weights.is_file():
         from train.pretrain_tiny import pretrain
 
@@ -179,7 +181,8 @@ def path_label(name: str) -> str:
 # ---- the benchmark -----------------------------------------------------------------------------------
 def run(model: str, pretrained: str, prompts: str | None = None, query_precision: str = "auto", quick: bool = False,
         gallery_size: int = 10_000, repeats: int = 30, trained_tiny: bool = False, trained_steps: int = 600,
-        openvino: bool = False, compile_: bool = False, cache_dir: Path | None = None) -> dict[str, Any]:
+        openvino: bool = False, compile_: bool = False, cache_dir: Path | None = None,
+        trained_weights: Path | None = None) -> dict[str, Any]:
     """Run the benchmark, print the report (verdict last), return the figures."""
     started = time.perf_counter()
     if quick:
@@ -282,9 +285,10 @@ def run(model: str, pretrained: str, prompts: str | None = None, query_precision
 
     # -- 3. trained tiny backbone -------------------------------------------------------------------------
     if trained_tiny:
+        what = f"weights {trained_weights}" if trained_weights else f"{trained_steps} steps"
         print(f"\n-- cosine to fp32 on a TRAINED backbone: zsdemo-tiny-vit pretrained CLIP-style on synthetic photos "
-              f"({trained_steps} steps, train/pretrain_tiny.py), K=3 prompts, {n_cos} sketches [{cpu}]")
-        trained = trained_tiny_cosines(trained_steps, folder.parent / "trained", n_cos)
+              f"({what}, train/pretrain_tiny.py), K=3 prompts, {n_cos} sketches [{cpu}]")
+        trained = trained_tiny_cosines(trained_steps, folder.parent / "trained", n_cos, trained_weights)
         tiny_random = path_cosines(PromptedViT(create_clip("zsdemo-tiny-vit", "none").visual, spec,
                                                generator=torch.Generator().manual_seed(0)).eval(),
                                    sketch_batch(SketchPhotoEncoder.load(EncoderConfig(
@@ -384,6 +388,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--trained-tiny", action="store_true", help="also report cosines on a trained tiny backbone")
     parser.add_argument("--trained-steps", type=int, default=600, help="pretraining steps for --trained-tiny")
+    parser.add_argument("--trained-weights", type=Path,
+                        help="for --trained-tiny: a file train/pretrain_tiny.py already wrote (skips pretraining)")
     parser.add_argument("--openvino", action="store_true", help="also measure OpenVINO (if installed)")
     parser.add_argument("--compile", action="store_true", help="also measure torch.compile (minutes to compile)")
     parser.add_argument("--cache-dir", type=Path, help="keep exported ONNX files here (default: a temp folder)")
@@ -395,7 +401,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
         prompts = resolve_hub_file(prompts)
     return run(args.model, args.pretrained, prompts, args.query_precision, args.quick, args.gallery_size,
-               args.repeats, args.trained_tiny, args.trained_steps, args.openvino, args.compile, args.cache_dir)
+               args.repeats, args.trained_tiny, args.trained_steps, args.openvino, args.compile, args.cache_dir,
+               args.trained_weights)
 
 
 if __name__ == "__main__":

@@ -67,7 +67,7 @@ class Memo(torch.nn.Module):
 
 def test_auto_never_picks_a_path_below_the_cosine_floor():
     prompted = tiny_prompted()
-    chosen = select_query_path(prompted, "auto", builders={"broken": Broken}, candidates=["broken"], min_params=0)
+    chosen = select_query_path(prompted, "auto", builders={"broken": Broken}, candidates=["broken"], min_params=0, budget_s=0.2)
     assert chosen.path == "fp32" and chosen.model is prompted
     broken = chosen.candidates["broken"]
     assert not broken.ok and broken.cosine < MIN_QUERY_COSINE and "rejected" in broken.note
@@ -115,7 +115,7 @@ def test_auto_reports_skipped_bf16_on_a_cpu_without_it(monkeypatch):
                                             ("torch-bf16", "bf16"), ("fp32", "fp32")])
 def test_explicit_choices_are_honoured(name, expected):
     prompted = tiny_prompted()
-    chosen = select_query_path(prompted, name)
+    chosen = select_query_path(prompted, name, budget_s=0.2)
     assert chosen.path == expected and chosen.requested == expected
     assert (chosen.model is prompted) == (expected == "fp32")
     assert chosen.candidates[expected].ms is not None
@@ -123,7 +123,7 @@ def test_explicit_choices_are_honoured(name, expected):
 
 def test_explicit_choice_below_the_floor_falls_back_to_fp32():
     prompted = tiny_prompted()
-    chosen = select_query_path(prompted, "int8", builders={"int8": Broken})
+    chosen = select_query_path(prompted, "int8", builders={"int8": Broken}, budget_s=0.2)
     assert chosen.path == "fp32" and chosen.model is prompted and "fp32 used" in chosen.note
 
 
