@@ -5,12 +5,18 @@ Layout of a cache folder:
     .lock                   held by the one process building into this cache (see `cache_lock`)
     gen-<id>/manifest.json  model fingerprint, sources, one entry per photo (path, size, mtime_ns),
                             and the files that could not be read (so they are not retried until they change)
-    gen-<id>/embeddings.npy (N, D) float32, L2-normalised, rows aligned with the manifest
-    gen-<id>/index.ann      Annoy index over the same rows, only for galleries searched with Annoy
+    gen-<id>/embeddings.npy (N, D) float32, L2-normalised, rows aligned with the manifest; written in
+                            chunks and opened memory-mapped (processes serving one cache share its pages)
+    gen-<id>/index.ann      Annoy index over the same rows (on-disk build), only for galleries searched with
+                            Annoy: chosen by a latency budget measured on the building machine (zsdemo.index)
+    build-<plan>/           a resumable encoding run (see `EncodeRun`): plan.json, then one shard-<i>.npy +
+                            shard-<i>.json per finished shard, written as they are made; removed once merged
     thumbs/<key>.jpg        thumbnails (content-addressed by path, size and mtime)
     uploads/                photos added through the app (a gallery source like any other)
 A build writes a whole new generation and only then switches CURRENT, so an interrupted build
-leaves the previous cache (or none) in place, never a half-written one. Builds into one cache are
+leaves the previous cache (or none) in place, never a half-written one; the shards it finished are kept,
+and the next build of the same photos (any number of processes, see zsdemo.distributed) encodes only
+the rest. Builds into one cache are
 serialised by a file lock, so two builders (the CLI and the app, say) never delete each other's work.
 A rebuild without folders reuses the folders recorded in the manifest: a user's gallery is never
 silently replaced.
@@ -22,12 +28,13 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -36,7 +43,17 @@ from filelock import FileLock, Timeout
 from PIL import Image
 
 from zsdemo.errors import CacheError, ImageError
-from zsdemo.index import METRIC, AnnoySearcher, IndexConfig, build_annoy, exact_search
+from zsdemo.index import (
+    METRIC,
+    AnnoySearcher,
+    IndexConfig,
+    build_annoy,
+    choose_backend,
+    estimate_exact_ms,
+    exact_search,
+    iter_row_chunks,
+    tune_search_k,
+)
 from zsdemo.preprocess import PHOTO_EXTENSIONS, load_photo, make_thumbnail, open_image
 
 log = logging.getLogger(__name__)
@@ -207,6 +224,22 @@ def _entries_from(manifest: dict[str, Any]) -> list[PhotoEntry]:
     return [PhotoEntry(**e) for e in manifest["entries"]]
 
 
+class EntryView(Sequence[PhotoEntry]):
+    """The manifest's entries as PhotoEntry objects, made on access: a served gallery keeps one copy of
+    its entries (the manifest's), not two - at a million photos each copy is hundreds of MB."""
+
+    def __init__(self, rows: list[dict[str, Any]]) -> None:
+        self._rows = rows
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [PhotoEntry(**row) for row in self._rows[index]]
+        return PhotoEntry(**self._rows[index])
+
+
 def plan_update(sources: list[Path], cache_dir: Path, fingerprint: str, embed_dim: int | None = None,
                 manifest: dict[str, Any] | None = None) -> UpdatePlan:
     """Compare the photos under `sources` with a cache's manifest: what to reuse, encode, remove, skip."""
@@ -251,27 +284,222 @@ def plan_update(sources: list[Path], cache_dir: Path, fingerprint: str, embed_di
     return plan
 
 
+# ---- resumable encoding runs ------------------------------------------------------------------------
+RUN_PREFIX = "build-"
+MAX_SHARD = 1024  # photos per shard at most: what a killed run can lose, and what one shard holds in RAM
+EncodeBatchFn = Callable[[list[Any]], np.ndarray]
+
+
+def default_shard_size(n: int) -> int:
+    """About 64 shards per run (so a resume loses little and ranks stay balanced), 16 to MAX_SHARD photos each.
+    Depends on the photo count only, so a run resumed with another number of processes finds its shards."""
+    return min(MAX_SHARD, max(16, math.ceil(n / 64)))
+
+
+def _decode_pending(pending: PendingPhoto, thumbs_dir: Path) -> tuple[Image.Image, PhotoEntry] | SkippedFile:
+    """Open one photo and make its thumbnail (content-addressed, written atomically; safe in any process)."""
+    try:
+        image = load_photo(open_image(pending.path))
+    except ImageError as exc:
+        return SkippedFile(str(pending.path), str(exc), pending.size, pending.mtime_ns)
+    key = _thumb_key(pending.path, pending.size, pending.mtime_ns)
+    thumb_path = thumbs_dir / f"{key}.jpg"
+    if not thumb_path.is_file():
+        tmp = thumb_path.with_name(f".{key}.{uuid.uuid4().hex[:6]}.tmp.jpg")
+        make_thumbnail(image, THUMB_SIZE).save(tmp, "JPEG", quality=88)
+        os.replace(tmp, thumb_path)
+    return image, PhotoEntry(pending.name, str(pending.path), pending.size, pending.mtime_ns, f"{key}.jpg")
+
+
+@dataclass
+class EncodeRun:
+    """The photos a build must encode, split into fixed shards; each finished shard is a pair of files.
+
+    The run folder is named after the plan (model fingerprint + the exact files to encode), so a build
+    killed at any point (kill -9 of any process included) and started again with the same photos finds
+    its finished shards and encodes only the others, whatever the number of processes. Shard i holds
+    photos [i * shard_size, (i + 1) * shard_size) of `photos`; its .json (written last, atomically) is
+    the marker that it is done.
+    """
+
+    dir: Path
+    photos: list[PendingPhoto]
+    shard_size: int
+    dim: int
+
+    @classmethod
+    def prepare(cls, cache_dir: Path, photos: list[PendingPhoto], fingerprint: str, dim: int,
+                shard_size: int | None = None) -> EncodeRun:
+        """The run for these photos: resumed when its folder exists, else created (plan.json written)."""
+        key = json.dumps([fingerprint, dim, [[str(p.path), p.name, p.size, p.mtime_ns] for p in photos]])
+        run_dir = Path(cache_dir) / f"{RUN_PREFIX}{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+        if (run_dir / "plan.json").is_file():
+            run = cls.load(run_dir)
+            done = sum(run.is_done(i) for i in range(run.n_shards))
+            log.info("Resuming %s: %d of %d shards already encoded", run_dir.name, done, run.n_shards)
+            return run
+        run_dir.mkdir(exist_ok=True)
+        size = shard_size or default_shard_size(len(photos))
+        plan = {"fingerprint": fingerprint, "dim": dim, "shard_size": size,
+                "photos": [[str(p.path), p.name, p.size, p.mtime_ns] for p in photos]}
+        _write_atomic(run_dir / "plan.json", json.dumps(plan).encode())
+        return cls(run_dir, photos, size, dim)
+
+    @classmethod
+    def load(cls, run_dir: Path) -> EncodeRun:
+        plan = json.loads((Path(run_dir) / "plan.json").read_text())
+        photos = [PendingPhoto(Path(p), name, size, mtime) for p, name, size, mtime in plan["photos"]]
+        return cls(Path(run_dir), photos, int(plan["shard_size"]), int(plan["dim"]))
+
+    @property
+    def n_shards(self) -> int:
+        return math.ceil(len(self.photos) / self.shard_size)
+
+    def shard_photos(self, shard: int) -> list[PendingPhoto]:
+        return self.photos[shard * self.shard_size:(shard + 1) * self.shard_size]
+
+    def is_done(self, shard: int) -> bool:
+        return (self.dir / f"shard-{shard:05d}.json").is_file()
+
+    def todo(self, rank: int = 0, world: int = 1) -> list[int]:
+        """The unfinished shards of one process: shard i belongs to rank i % world. With more ranks than
+        shards, some ranks get none (they only wait for the others)."""
+        return [i for i in range(rank, self.n_shards, world) if not self.is_done(i)]
+
+    def write_shard(self, shard: int, rows: np.ndarray, entries: list[PhotoEntry], skipped: list[SkippedFile],
+                    rank: int = 0) -> None:
+        rows = np.ascontiguousarray(rows, dtype=np.float32).reshape(len(entries), self.dim)
+        tmp = self.dir / f".shard-{shard:05d}.{uuid.uuid4().hex[:6]}.tmp.npy"
+        np.save(tmp, rows)
+        os.replace(tmp, self.dir / f"shard-{shard:05d}.npy")
+        _write_atomic(self.dir / f"shard-{shard:05d}.json", json.dumps(
+            {"entries": [asdict(e) for e in entries], "skipped": [asdict(s) for s in skipped]}).encode())
+        # one line per shard actually encoded by this run: how tests and users see what a resume saved
+        with open(self.dir / "encoded.log", "a") as handle:
+            handle.write(f"rank {rank} shard {shard} photos {len(entries)}\n")
+
+    def read_shard(self, shard: int) -> tuple[list[PhotoEntry], list[SkippedFile], np.ndarray]:
+        meta = json.loads((self.dir / f"shard-{shard:05d}.json").read_text())
+        rows = np.load(self.dir / f"shard-{shard:05d}.npy", mmap_mode="r")
+        return [PhotoEntry(**e) for e in meta["entries"]], [SkippedFile(**s) for s in meta["skipped"]], rows
+
+    def encode(self, items: Iterable[tuple[int, Any]], encode_batch: EncodeBatchFn, batch_size: int,
+               rank: int = 0, progress: ProgressFn | None = None, total: int | None = None, done: int = 0) -> None:
+        """Encode a stream of decoded photos, in batches, into shards. `items` yields (photo index in the run,
+        (image-or-tensor, PhotoEntry) or SkippedFile) in order, for whole shards; a shard is written as soon
+        as all its photos are accounted for, so memory holds one batch and the shards being filled."""
+        filling: dict[int, dict[str, Any]] = {}
+        batch: list[tuple[int, Any, PhotoEntry]] = []
+
+        def slot(shard: int) -> dict[str, Any]:
+            if shard not in filling:
+                filling[shard] = {"left": len(self.shard_photos(shard)), "rows": {}, "entries": {}, "skipped": []}
+            return filling[shard]
+
+        def settle(shard: int) -> None:
+            state = filling[shard]
+            if state["left"] == 0:
+                order = sorted(state["entries"])
+                rows = np.stack([state["rows"][i] for i in order]) if order else np.zeros((0, self.dim), np.float32)
+                self.write_shard(shard, rows, [state["entries"][i] for i in order], state["skipped"], rank)
+                del filling[shard]
+
+        def flush() -> None:
+            nonlocal done
+            if not batch:
+                return
+            vectors = encode_batch([data for _, data, _ in batch])
+            touched = set()
+            for (index, _, entry), vector in zip(batch, vectors, strict=True):
+                shard = index // self.shard_size
+                state = slot(shard)
+                state["rows"][index], state["entries"][index] = np.asarray(vector, np.float32), entry
+                state["left"] -= 1
+                touched.add(shard)
+            done += len(batch)
+            batch.clear()
+            for shard in sorted(touched):
+                settle(shard)
+            if progress:
+                progress(done, total or len(self.photos), f"Indexed {done}/{total or len(self.photos)}")
+
+        for index, item in items:
+            if isinstance(item, SkippedFile):
+                state = slot(index // self.shard_size)
+                state["skipped"].append(item)
+                state["left"] -= 1  # photos waiting in the batch are still counted in "left"
+                if state["left"] == 0:
+                    settle(index // self.shard_size)
+                continue
+            data, entry = item
+            batch.append((index, data, entry))
+            if len(batch) >= batch_size:
+                flush()
+        flush()
+        for shard in sorted(filling):  # shards whose photos were all unreadable
+            settle(shard)
+
+    def encoded_log(self) -> list[str]:
+        path = self.dir / "encoded.log"
+        return path.read_text().splitlines() if path.is_file() else []
+
+
+RunnerFn = Callable[[EncodeRun, "PhotoEncoder", "ProgressFn | None"], None]
+
+
+def encode_locally(run: EncodeRun, encoder: PhotoEncoder, progress: ProgressFn | None = None) -> None:
+    """Encode a run's unfinished shards in this process (decode, thumbnail, encoder.encode_photos in batches)."""
+    todo = run.todo()
+    thumbs = run.dir.parent / "thumbs"
+    batch_size = max(1, getattr(getattr(encoder, "cfg", None), "batch_size", 32))
+
+    def items() -> Iterator[tuple[int, Any]]:
+        for shard in todo:
+            for offset, pending in enumerate(run.shard_photos(shard)):
+                decoded = _decode_pending(pending, thumbs)
+                yield shard * run.shard_size + offset, decoded
+
+    already = len(run.photos) - sum(len(run.shard_photos(s)) for s in todo)
+    run.encode(items(), lambda images: encoder.encode_photos(images), batch_size, progress=progress,
+               total=len(run.photos), done=already)
+
+
 class Gallery:
-    """One loaded generation of a gallery cache. Immutable: updates return a new Gallery."""
+    """One loaded generation of a gallery cache. Immutable: updates return a new Gallery.
+
+    `embeddings` is normally a read-only memory map of the generation's embeddings.npy: opening a gallery
+    reads no rows, and processes serving the same cache share the pages."""
 
     def __init__(self, cache_dir: Path, manifest: dict[str, Any], embeddings: np.ndarray, index_cfg: IndexConfig) -> None:
         self.cache_dir = cache_dir
         self.manifest = manifest
         self.embeddings = embeddings
         self.index_cfg = index_cfg
-        self.entries: list[PhotoEntry] = _entries_from(manifest)
+        self.entries: Sequence[PhotoEntry] = EntryView(manifest["entries"])
         self.skipped: list[SkippedFile] = [SkippedFile(**s) for s in manifest.get("skipped", [])]
         self.sources = [Path(s) for s in manifest["sources"]]
         self.generation_dir = cache_dir / manifest["generation"]
         self._annoy: AnnoySearcher | None = None
         index_file = self.generation_dir / "index.ann"
-        if len(self.entries) >= index_cfg.annoy_threshold:
-            if not index_file.is_file():  # built when the gallery was small, or with another threshold
-                build_annoy(embeddings, index_file, index_cfg)
-            self._annoy = AnnoySearcher(index_file, embeddings.shape[1], index_cfg)
+        if index_cfg.annoy_threshold is not None:  # an explicit threshold overrides the choice recorded at build
+            wanted = choose_backend(len(self.entries), int(manifest["dim"]), index_cfg)
+        else:  # the builder measured exact search's cost on its machine; reopening must not re-decide by noise
+            wanted = manifest.get("index", "exact")
+        if wanted == "annoy" and self.entries:
+            searcher_cfg, tuned = index_cfg, None
+            if manifest.get("index") == "annoy" and index_file.is_file():  # built (and tuned) with the generation
+                searcher_cfg = replace(index_cfg, n_trees=int(manifest.get("n_trees") or index_cfg.n_trees))
+                tuned = manifest.get("search_k")
+            elif not index_file.is_file():  # built when the gallery was small, or with another threshold
+                build_annoy(self._matrix_source(), index_file, index_cfg)
+            self._annoy = AnnoySearcher(index_file, int(manifest["dim"]), searcher_cfg, tuned)
 
     thumbs_dir = property(lambda self: self.cache_dir / "thumbs")
     uploads_dir = property(lambda self: self.cache_dir / "uploads")
+
+    def _matrix_source(self) -> np.ndarray | Path:
+        path = self.generation_dir / "embeddings.npy"
+        return path if isinstance(self.embeddings, np.memmap) and path.is_file() else self.embeddings
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -327,11 +555,14 @@ class Gallery:
     @classmethod
     def build(cls, sources: list[Path] | None, cache_dir: Path, encoder: PhotoEncoder,
               progress: ProgressFn | None = None, index_cfg: IndexConfig | None = None,
-              on_wait: WaitFn | None = None) -> tuple[Gallery, BuildReport]:
+              on_wait: WaitFn | None = None, runner: RunnerFn | None = None,
+              shard_size: int | None = None) -> tuple[Gallery, BuildReport]:
         """Index the photos under `sources` into `cache_dir`, encoding only new or changed files.
 
         `sources=None` rebuilds from the folders recorded in the cache (CacheError if it records none).
         A folder holding no photos at all is refused (CacheError), and leaves no cache folder behind.
+        `runner` encodes the run's shards (default: in this process; zsdemo.distributed spreads them over
+        processes); it is called under the cache lock, only when there is something to encode.
         """
         started = time.perf_counter()
         index_cfg = index_cfg or IndexConfig()
@@ -350,9 +581,13 @@ class Gallery:
         cache_dir.mkdir(parents=True, exist_ok=True)
         try:
             with cache_lock(cache_dir, on_wait):
-                gallery, report = cls._build_locked(list(sources), cache_dir, encoder, progress, index_cfg)
-        except BaseException:
-            if created and not (cache_dir / "CURRENT").exists():
+                gallery, report = cls._build_locked(list(sources), cache_dir, encoder, progress, index_cfg,
+                                                    runner or encode_locally, shard_size)
+        except BaseException as exc:
+            # A first build that fails leaves no cache folder, unless it was interrupted after encoding some
+            # shards: those are kept for the next run to resume from.
+            if created and not (cache_dir / "CURRENT").exists() \
+                    and (isinstance(exc, CacheError) or not _has_finished_shards(cache_dir)):
                 shutil.rmtree(cache_dir, ignore_errors=True)
             raise
         report.seconds = time.perf_counter() - started
@@ -361,7 +596,8 @@ class Gallery:
 
     @classmethod
     def _build_locked(cls, sources: list[Path], cache_dir: Path, encoder: PhotoEncoder, progress: ProgressFn | None,
-                      index_cfg: IndexConfig) -> tuple[Gallery, BuildReport]:
+                      index_cfg: IndexConfig, runner: RunnerFn,
+                      shard_size: int | None) -> tuple[Gallery, BuildReport]:
         (cache_dir / "thumbs").mkdir(exist_ok=True)
         old_manifest, old_emb = None, None
         try:
@@ -378,63 +614,53 @@ class Gallery:
             report.total = len(plan.reuse)
             return cls(cache_dir, old_manifest, old_emb, index_cfg), report
 
-        entries = [entry for entry, _ in plan.reuse]
-        vectors: list[np.ndarray] = [old_emb[row] for _, row in plan.reuse] if old_emb is not None else []
+        # (entry, source, row): source -1 is the old generation's matrix, s >= 0 the run's shard s
+        rows: list[tuple[PhotoEntry, int, int]] = [(entry, -1, row) for entry, row in plan.reuse]
         skipped = list(plan.skip)
-        total = len(plan.encode)
-        if progress:
-            progress(0, total, f"Indexing {total} new photos ({report.reused} cached)")
-        batch_size = max(1, getattr(getattr(encoder, "cfg", None), "batch_size", 32))
-        for start in range(0, total, batch_size):
-            images, kept = [], []
-            for pending in plan.encode[start:start + batch_size]:
-                try:
-                    image = load_photo(open_image(pending.path))
-                except ImageError as exc:
-                    skipped.append(SkippedFile(str(pending.path), str(exc), pending.size, pending.mtime_ns))
-                    continue
-                key = _thumb_key(pending.path, pending.size, pending.mtime_ns)
-                thumb_path = cache_dir / "thumbs" / f"{key}.jpg"
-                if not thumb_path.is_file():
-                    tmp = thumb_path.with_name(f".{key}.{uuid.uuid4().hex[:6]}.tmp.jpg")
-                    make_thumbnail(image, THUMB_SIZE).save(tmp, "JPEG", quality=88)
-                    os.replace(tmp, thumb_path)
-                images.append(image)
-                kept.append(PhotoEntry(pending.name, str(pending.path), pending.size, pending.mtime_ns, f"{key}.jpg"))
-            if images:
-                vectors.extend(encoder.encode_photos(images))
-                entries.extend(kept)
-                report.added += len(kept)
+        matrices: dict[int, np.ndarray] = {}
+        if old_emb is not None:
+            matrices[-1] = old_emb
+        run = None
+        if plan.encode:
             if progress:
-                done = min(start + batch_size, total)
-                progress(done, total, f"Indexed {done}/{total}")
+                progress(0, len(plan.encode), f"Indexing {len(plan.encode)} new photos ({report.reused} cached)")
+            run = EncodeRun.prepare(cache_dir, plan.encode, encoder.fingerprint(), encoder.embed_dim, shard_size)
+            runner(run, encoder, progress)
+            for shard in range(run.n_shards):
+                if not run.is_done(shard):
+                    raise CacheError(f"Shard {shard} of {run.dir} was not encoded; run the build again to finish it.")
+                entries, shard_skipped, matrix = run.read_shard(shard)
+                rows += [(entry, shard, i) for i, entry in enumerate(entries)]
+                skipped += shard_skipped
+                matrices[shard] = matrix
+                report.added += len(entries)
         report.skipped = [(s.path, s.reason) for s in skipped]
-        report.total = len(entries)
-        if not entries:
+        report.total = len(rows)
+        if not rows:
             raise CacheError(f"None of the {len(skipped)} photo files could be read, so there is nothing to search:\n"
                              + "\n".join(f"  {s.path}: {s.reason}" for s in skipped[:10]))
-        order = sorted(range(len(entries)), key=lambda i: entries[i].name)
-        matrix = np.stack([vectors[i] for i in order]).astype(np.float32)
-        manifest = write_generation(cache_dir, [entries[i] for i in order], matrix, plan.sources, encoder, index_cfg,
-                                    skipped)
+        rows.sort(key=lambda r: r[0].name)  # stable: same order as before (reused first among equal names)
+        manifest = write_generation(cache_dir, [r[0] for r in rows], _gather_rows(rows, matrices, encoder.embed_dim),
+                                    plan.sources, encoder, index_cfg, skipped)
         _collect_garbage(cache_dir, manifest)
-        return cls(cache_dir, manifest, matrix, index_cfg), report
+        return cls(cache_dir, manifest, _open_matrix(cache_dir / manifest["generation"]), index_cfg), report
 
     @classmethod
     def create(cls, cache_dir: Path, entries: list[PhotoEntry], embeddings: np.ndarray, sources: list[Path],
                encoder: PhotoEncoder, index_cfg: IndexConfig | None = None) -> Gallery:
         """A gallery from entries and embeddings made elsewhere (benchmarks, tests, imports); written as a
-        generation like any build. The entries' thumbnails must already be in `cache_dir/thumbs`."""
+        generation like any build. The entries' thumbnails must already be in `cache_dir/thumbs`.
+        `embeddings` may be a memory map: it is streamed to the cache in chunks."""
         cache_dir = Path(cache_dir).expanduser().resolve()
         if len(entries) != len(embeddings):
             raise ValueError(f"{len(entries)} entries for {len(embeddings)} embeddings")
         index_cfg = index_cfg or IndexConfig()
         (cache_dir / "thumbs").mkdir(parents=True, exist_ok=True)
         with cache_lock(cache_dir):
-            manifest = write_generation(cache_dir, entries, np.asarray(embeddings, np.float32),
-                                        [Path(s) for s in sources], encoder, index_cfg, [])
+            manifest = write_generation(cache_dir, entries, embeddings, [Path(s) for s in sources], encoder,
+                                        index_cfg, [])
             _collect_garbage(cache_dir, manifest)
-        return cls(cache_dir, manifest, np.asarray(embeddings, np.float32), index_cfg)
+        return cls(cache_dir, manifest, _open_matrix(cache_dir / manifest["generation"]), index_cfg)
 
     def add_photos(self, files: list[Path], encoder: PhotoEncoder, progress: ProgressFn | None = None,
                    on_wait: WaitFn | None = None) -> tuple[Gallery, BuildReport]:
@@ -462,8 +688,13 @@ class Gallery:
 
 
 # ---- generations on disk --------------------------------------------------------------------
+def _open_matrix(generation: Path) -> np.ndarray:
+    """A generation's embeddings as a read-only memory map (no rows are read until searched)."""
+    return np.load(generation / "embeddings.npy", mmap_mode="r", allow_pickle=False)
+
+
 def read_generation(cache_dir: Path) -> tuple[dict[str, Any], np.ndarray]:
-    """The live generation's manifest and embeddings, fully validated; CacheError otherwise."""
+    """The live generation's manifest and (memory-mapped) embeddings, validated; CacheError otherwise."""
     cache_dir = Path(cache_dir)
     pointer = cache_dir / "CURRENT"
     for attempt in range(3):  # a builder may switch CURRENT and remove the old generation while we read
@@ -474,7 +705,7 @@ def read_generation(cache_dir: Path) -> tuple[dict[str, Any], np.ndarray]:
             name = pointer.read_text().strip()
             generation = cache_dir / name
             manifest = json.loads((generation / "manifest.json").read_text())
-            embeddings = np.load(generation / "embeddings.npy", allow_pickle=False)
+            embeddings = _open_matrix(generation)
             break
         except (OSError, ValueError) as exc:
             with contextlib.suppress(OSError):
@@ -485,7 +716,8 @@ def read_generation(cache_dir: Path) -> tuple[dict[str, Any], np.ndarray]:
     if manifest.get("version") != CACHE_VERSION or not manifest.get("complete"):
         raise CacheError(f"The gallery cache in {cache_dir} is from another version or incomplete; rebuild it with "
                          f"`python -m zsdemo index --cache {cache_dir}`.")
-    if embeddings.ndim != 2 or embeddings.shape[0] != len(manifest["entries"]) or embeddings.dtype != np.float32:
+    if embeddings.ndim != 2 or embeddings.shape[0] != len(manifest["entries"]) or embeddings.dtype != np.float32 \
+            or not embeddings.flags.c_contiguous:
         raise CacheError(f"The gallery cache in {cache_dir} is inconsistent (embeddings {embeddings.shape} for "
                          f"{len(manifest['entries'])} photos); rebuild it with `python -m zsdemo index --cache {cache_dir}`.")
     if manifest.get("index") == "annoy" and not (generation / "index.ann").is_file():
@@ -494,19 +726,71 @@ def read_generation(cache_dir: Path) -> tuple[dict[str, Any], np.ndarray]:
     return manifest, embeddings
 
 
-def write_generation(cache_dir: Path, entries: list[PhotoEntry], embeddings: np.ndarray, sources: list[Path],
-                     encoder: PhotoEncoder, index_cfg: IndexConfig, skipped: list[SkippedFile]) -> dict[str, Any]:
+def _gather_rows(rows: list[tuple[PhotoEntry, int, int]], matrices: dict[int, np.ndarray], dim: int,
+                 chunk: int = 16_384) -> Iterator[np.ndarray]:
+    """The merged matrix in chunks: row r comes from matrices[source][row]. Never more than one chunk in RAM."""
+    for start in range(0, len(rows), chunk):
+        part = rows[start:start + chunk]
+        out = np.empty((len(part), dim), dtype=np.float32)
+        sources = np.fromiter((s for _, s, _ in part), dtype=np.int64, count=len(part))
+        indices = np.fromiter((i for _, _, i in part), dtype=np.int64, count=len(part))
+        for source in np.unique(sources):
+            mask = sources == source
+            out[mask] = matrices[int(source)][indices[mask]]
+        yield out
+
+
+def _write_npy(path: Path, n: int, dim: int, chunks: Iterable[np.ndarray]) -> None:
+    """Write an (n, dim) float32 .npy from row chunks, with plain writes (no memory map, no full copy)."""
+    written = 0
+    with open(path, "wb") as handle:
+        np.lib.format.write_array_header_1_0(handle, {"descr": "<f4", "fortran_order": False, "shape": (n, dim)})
+        for part in chunks:
+            part = np.ascontiguousarray(part, dtype=np.float32)
+            if part.ndim != 2 or part.shape[1] != dim:
+                raise ValueError(f"chunk of shape {part.shape} for a {dim}-d matrix")
+            handle.write(part.tobytes())
+            written += part.shape[0]
+        handle.flush()
+        os.fsync(handle.fileno())
+    if written != n:
+        raise ValueError(f"wrote {written} rows, expected {n}")
+
+
+def write_generation(cache_dir: Path, entries: list[PhotoEntry], embeddings: np.ndarray | Iterable[np.ndarray],
+                     sources: list[Path], encoder: PhotoEncoder, index_cfg: IndexConfig,
+                     skipped: list[SkippedFile]) -> dict[str, Any]:
     """Write a complete new generation, then switch CURRENT to it (the only step a reader can see).
-    The caller holds the cache lock."""
+    `embeddings`: the (N, D) matrix, or its rows as an iterable of chunks (streamed to disk as they come).
+    The index (exact or Annoy) is chosen by a latency budget measured here (zsdemo.index.choose_backend);
+    Annoy's search_k is tuned on this gallery for the target recall. The caller holds the cache lock."""
     name = f"gen-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     generation = cache_dir / name
     generation.mkdir()
-    np.save(generation / "embeddings.npy", embeddings)
-    written = [generation / "embeddings.npy", generation / "manifest.json"]
-    use_annoy = len(entries) >= index_cfg.annoy_threshold
-    if use_annoy:
-        build_annoy(embeddings, generation / "index.ann", index_cfg)
+    dim = int(encoder.embed_dim)
+    chunks = iter_row_chunks(embeddings) if isinstance(embeddings, np.ndarray) else embeddings
+    if isinstance(embeddings, np.ndarray):
+        dim = int(embeddings.shape[1])
+    _write_npy(generation / "embeddings.npy", len(entries), dim, chunks)
+    written = [generation / "manifest.json"]
+    backend = choose_backend(len(entries), dim, index_cfg)
+    index_info: dict[str, Any] = {"index": backend, "n_trees": 0}
+    if index_cfg.annoy_threshold is None and len(entries) >= index_cfg.min_annoy_items:
+        index_info["exact_ms_estimate"] = round(estimate_exact_ms(len(entries), dim), 3)
+        index_info["latency_budget_ms"] = index_cfg.latency_budget_ms
+    if backend == "annoy":
+        started = time.perf_counter()
+        build_annoy(generation / "embeddings.npy", generation / "index.ann", index_cfg)
         written.append(generation / "index.ann")
+        index_info.update(n_trees=index_cfg.n_trees, annoy_build_s=round(time.perf_counter() - started, 2))
+        searcher = AnnoySearcher(generation / "index.ann", dim, index_cfg)
+        try:
+            search_k, recall = tune_search_k(searcher, generation / "embeddings.npy", index_cfg.target_recall)
+        finally:
+            searcher.unload()
+        index_info.update(search_k=search_k, tuned_recall_at_10=round(recall, 4))
+        log.info("Annoy index: %d trees, search_k %d for recall@10 %.3f (%.0f s)", index_cfg.n_trees, search_k,
+                 recall, index_info["annoy_build_s"])
     manifest = {
         "version": CACHE_VERSION,
         "complete": True,
@@ -514,15 +798,17 @@ def write_generation(cache_dir: Path, entries: list[PhotoEntry], embeddings: np.
         "fingerprint": encoder.fingerprint(),
         "encoder": encoder.describe(),
         "sources": [str(s) for s in sources],
-        "dim": int(embeddings.shape[1]),
+        "dim": dim,
         "metric": METRIC,
-        "index": "annoy" if use_annoy else "exact",
-        "n_trees": index_cfg.n_trees if use_annoy else 0,
+        **index_info,
         "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "entries": [asdict(e) for e in entries],
+        "entries": [dict(e.__dict__) for e in entries],  # asdict() deep-copies: seconds at a million photos
         "skipped": [asdict(s) for s in skipped],
     }
-    _write_atomic(generation / "manifest.json", json.dumps(manifest, indent=1).encode())
+    # one entry per line: readable, and compact enough at a million photos (indent=1 doubles the size)
+    text = json.dumps({k: v for k, v in manifest.items() if k != "entries"}, indent=1)[:-2]
+    text += ',\n "entries": [\n' + ",\n".join(json.dumps(e) for e in manifest["entries"]) + "\n ]\n}"
+    _write_atomic(generation / "manifest.json", text.encode())
     for path in written:
         with open(path, "rb") as handle:
             os.fsync(handle.fileno())
@@ -530,10 +816,14 @@ def write_generation(cache_dir: Path, entries: list[PhotoEntry], embeddings: np.
     return manifest
 
 
+def _has_finished_shards(cache_dir: Path) -> bool:
+    return any(path.name.endswith(".json") for path in Path(cache_dir).glob(f"{RUN_PREFIX}*/shard-*.json"))
+
+
 def _collect_garbage(cache_dir: Path, manifest: dict[str, Any]) -> None:
-    """Remove old generations, half-written ones and unreferenced thumbnails (the caller holds the lock,
-    so no other build is in progress)."""
-    for child in cache_dir.glob("gen-*"):
+    """Remove old generations, half-written ones, finished or abandoned encoding runs and unreferenced
+    thumbnails (the caller holds the lock, so no other build is in progress)."""
+    for child in [*cache_dir.glob("gen-*"), *cache_dir.glob(f"{RUN_PREFIX}*")]:
         if child.name != manifest["generation"]:
             shutil.rmtree(child, ignore_errors=True)
     used = {e["thumb"] for e in manifest["entries"]}

@@ -1,13 +1,26 @@
-"""Nearest-neighbour search over L2-normalised embeddings: exact (numpy) and approximate (Annoy).
+"""Nearest-neighbour search over L2-normalised embeddings: exact (torch/numpy) and approximate (Annoy).
 
-Exact search is the oracle and the default for small galleries: on 2 CPU cores it costs a few
-milliseconds up to ~100k x 512 and is always right. Annoy (angular metric; cos = 1 - d^2 / 2) takes
-over above `IndexConfig.annoy_threshold`, where its sub-linear query time starts to pay. The
-threshold and search_k are set from `python -m zsdemo bench` (see README, "What was measured").
+Exact search is the oracle and the default for small galleries. Which one a gallery uses is decided by
+a latency budget, measured on the machine that builds it (`choose_backend`): exact search streams the
+whole matrix per query, so its cost is linear in the gallery size and set by memory bandwidth - about
+0.3 us a row (512-d) on a 2-core AVX2 EPYC, 0.07 us on an AVX-512 Xeon. Once it would exceed
+`IndexConfig.latency_budget_ms`, Annoy (angular metric; cos = 1 - d^2 / 2) takes over. Annoy's
+`search_k` is tuned per gallery at build time for recall@10 >= `target_recall` against exact search
+(`tune_search_k`) and recorded in the manifest.
+
+Everything here works on memory-mapped embeddings (`np.load(..., mmap_mode="r")`): nothing copies the
+whole matrix, and Annoy is built with its on-disk build, fed from the .npy file in chunks.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
+import os
+import time
+import uuid
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,15 +28,32 @@ import numpy as np
 import torch
 from annoy import AnnoyIndex
 
+log = logging.getLogger(__name__)
+
 METRIC = "angular"
+DEFAULT_SEARCH_K = 20_000  # used when a gallery has no tuned value (Annoy's own default, n_trees * k, is poor)
+SEARCH_K_LADDER = (1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 200_000, 500_000)
+CHUNK_ROWS = 65_536  # rows per chunk when streaming a matrix from disk (32 MiB at 512-d float32)
 
 
 @dataclass(frozen=True)
 class IndexConfig:
     n_trees: int = 50
-    search_k: int = 20_000  # nodes inspected per query; Annoy's default (n_trees * k) gives poor recall
-    annoy_threshold: int = 100_000  # galleries at least this big are searched with Annoy
+    search_k: int | None = None  # None: the gallery's tuned value (manifest), else DEFAULT_SEARCH_K
+    annoy_threshold: int | None = None  # set: galleries at least this big use Annoy; None: latency budget
+    latency_budget_ms: float = 5.0  # exact search is kept while its estimated cost per query stays below this
+    min_annoy_items: int = 20_000  # below this, exact search always (Annoy is no faster there, measured)
+    target_recall: float = 0.95  # recall@10 that tune_search_k aims for
     seed: int = 0
+
+
+# ---- exact search -------------------------------------------------------------------------------
+def _as_tensor(array: np.ndarray) -> torch.Tensor:
+    """A zero-copy torch view of a C-contiguous float32 array, read-only ones (np.load mmap_mode="r") too.
+    torch warns that it cannot protect a read-only buffer from writes; nothing here writes to it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(array)
 
 
 def exact_search(embeddings: np.ndarray, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -33,11 +63,12 @@ def exact_search(embeddings: np.ndarray, query: np.ndarray, k: int) -> tuple[np.
     if k <= 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
     query = np.ascontiguousarray(query, dtype=np.float32)
-    if embeddings.dtype == np.float32 and embeddings.flags.c_contiguous and embeddings.flags.writeable:
+    if embeddings.dtype == np.float32 and embeddings.flags.c_contiguous:
         # torch, not numpy, for the product: numpy's OpenBLAS keeps its own worker threads spinning after each
         # call, and they fight torch's OpenMP threads for the same 2 cores. Measured (`python -m zsdemo bench`
         # breakdown, 2 cores): a 10k-row numpy search between encoder calls doubled the encoder's latency.
-        scores = torch.mv(torch.from_numpy(embeddings), torch.from_numpy(query)).numpy()
+        # Read-only memory maps go through the same zero-copy view (no copy of the matrix).
+        scores = torch.mv(_as_tensor(embeddings), torch.from_numpy(query)).numpy()
     else:
         scores = embeddings @ query
     top = np.argpartition(-scores, k - 1)[:k] if k < n else np.arange(n)
@@ -45,30 +76,166 @@ def exact_search(embeddings: np.ndarray, query: np.ndarray, k: int) -> tuple[np.
     return order.astype(np.int64), scores[order].astype(np.float32)
 
 
-def build_annoy(embeddings: np.ndarray, path: Path, cfg: IndexConfig) -> None:
-    """Build an Annoy index over the rows of `embeddings` and save it to `path`."""
-    index = AnnoyIndex(embeddings.shape[1], METRIC)
-    index.set_seed(cfg.seed)
-    for i, vector in enumerate(embeddings):
-        index.add_item(i, vector)
-    index.build(cfg.n_trees, n_jobs=-1)
-    index.save(str(path))
-    index.unload()
+def iter_row_chunks(source: np.ndarray | Path, chunk_rows: int = CHUNK_ROWS) -> Iterator[np.ndarray]:
+    """The rows of a matrix in chunks. A .npy path is read with plain file reads, not a memory map, so a
+    pass over a large file leaves neither anonymous nor mapped pages behind in this process."""
+    if isinstance(source, np.ndarray):
+        for start in range(0, source.shape[0], chunk_rows):
+            yield np.ascontiguousarray(source[start:start + chunk_rows], dtype=np.float32)
+        return
+    with open(source, "rb") as handle:
+        version = np.lib.format.read_magic(handle)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(handle)
+        if fortran or dtype != np.float32 or len(shape) != 2:
+            raise ValueError(f"{source}: expected a C-order float32 matrix, found {dtype} {shape}")
+        n, dim = shape
+        for start in range(0, n, chunk_rows):
+            count = min(chunk_rows, n - start)
+            yield np.fromfile(handle, dtype=np.float32, count=count * dim).reshape(count, dim)
+
+
+def exact_search_many(source: np.ndarray | Path, queries: np.ndarray, k: int,
+                      chunk_rows: int = CHUNK_ROWS) -> np.ndarray:
+    """Exact top-k ids for many queries in one streaming pass over the matrix (recall oracle): (Q, k)."""
+    q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
+    best_scores = torch.full((q.shape[0], 0), -2.0)
+    best_ids = torch.zeros((q.shape[0], 0), dtype=torch.int64)
+    offset = 0
+    for chunk in iter_row_chunks(source, chunk_rows):
+        scores = q @ _as_tensor(chunk).T
+        ids = torch.arange(offset, offset + chunk.shape[0]).expand(q.shape[0], -1)
+        best_scores = torch.cat([best_scores, scores], 1)
+        best_ids = torch.cat([best_ids, ids], 1)
+        top = torch.topk(best_scores, min(k, best_scores.shape[1]), dim=1)
+        best_scores, best_ids = top.values, torch.gather(best_ids, 1, top.indices)
+        offset += chunk.shape[0]
+    return best_ids.numpy()
+
+
+# ---- choosing the index ---------------------------------------------------------------------------
+@functools.lru_cache(maxsize=8)
+def exact_us_per_row(dim: int) -> float:
+    """Measured cost of exact search on this machine, in microseconds per gallery row (min of repeats on a
+    64 MiB matrix, larger than the CPU caches, so it is memory-bound like a real gallery). Cached per process."""
+    rows = (64 << 20) // (4 * dim)
+    rng = np.random.default_rng(0)
+    matrix = rng.standard_normal((rows, dim), dtype=np.float32)
+    query = matrix[0].copy()
+    exact_search(matrix, query, 10)  # warm up
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        exact_search(matrix, query, 10)
+        best = min(best, time.perf_counter() - started)
+    return best * 1e6 / rows
+
+
+def estimate_exact_ms(n: int, dim: int, us_per_row: float | None = None) -> float:
+    """Estimated exact-search latency for a gallery of `n` rows (linear in n: one pass over the matrix)."""
+    return n * (exact_us_per_row(dim) if us_per_row is None else us_per_row) / 1000.0
+
+
+def choose_backend(n: int, dim: int, cfg: IndexConfig, us_per_row: float | None = None) -> str:
+    """'annoy' or 'exact' for a gallery of `n` rows: an explicit `annoy_threshold` decides alone; otherwise
+    Annoy once exact search would exceed the latency budget (and the gallery has `min_annoy_items`)."""
+    if cfg.annoy_threshold is not None:
+        return "annoy" if n >= cfg.annoy_threshold else "exact"
+    if n < cfg.min_annoy_items:
+        return "exact"
+    return "annoy" if estimate_exact_ms(n, dim, us_per_row) > cfg.latency_budget_ms else "exact"
+
+
+# ---- Annoy ------------------------------------------------------------------------------------------
+def build_annoy(embeddings: np.ndarray | Path, path: Path, cfg: IndexConfig) -> None:
+    """Build an Annoy index over the rows of `embeddings` (an array or a .npy file) at `path`.
+
+    Annoy's on-disk build writes the index into the file as it goes instead of building it in RAM and
+    saving a copy; the rows are fed from the file in chunks. The file appears under its name only when
+    complete (built under a temporary name, then renamed)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    index: AnnoyIndex | None = None
+    try:
+        for chunk in iter_row_chunks(embeddings):
+            if index is None:
+                index = AnnoyIndex(chunk.shape[1], METRIC)
+                index.set_seed(cfg.seed)
+                index.on_disk_build(str(tmp))
+                row = 0
+            for vector in chunk:
+                index.add_item(row, vector.tolist())  # a list of floats converts 2x faster than numpy scalars
+                row += 1
+        if index is None:
+            raise ValueError("cannot build an Annoy index over no rows")
+        index.build(cfg.n_trees, n_jobs=-1)
+        index.unload()
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 class AnnoySearcher:
-    """A saved Annoy index, memory-mapped; queries are thread-safe (Annoy releases the GIL, read-only)."""
+    """A saved Annoy index, memory-mapped (processes serving the same file share its pages through the OS
+    page cache); queries are thread-safe (Annoy releases the GIL, read-only)."""
 
-    def __init__(self, path: Path, dim: int, cfg: IndexConfig) -> None:
+    def __init__(self, path: Path, dim: int, cfg: IndexConfig, search_k: int | None = None) -> None:
         self.cfg = cfg
+        # explicit config > the gallery's tuned value > the default
+        self.search_k = cfg.search_k or search_k or DEFAULT_SEARCH_K
         self.index = AnnoyIndex(dim, METRIC)
         self.index.load(str(path))
 
     def __len__(self) -> int:
         return self.index.get_n_items()
 
-    def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        ids, dists = self.index.get_nns_by_vector(query.tolist(), k, search_k=max(self.cfg.search_k, k * self.cfg.n_trees),
+    def search(self, query: np.ndarray, k: int, search_k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        ids, dists = self.index.get_nns_by_vector(np.asarray(query, np.float32).tolist(), k,
+                                                  search_k=max(search_k or self.search_k, k * self.cfg.n_trees),
                                                   include_distances=True)
         dists = np.asarray(dists, dtype=np.float32)
         return np.asarray(ids, dtype=np.int64), 1.0 - dists * dists / 2.0
+
+    def unload(self) -> None:
+        self.index.unload()
+
+
+def probe_queries(source: np.ndarray | Path, n_queries: int, seed: int = 0, cosine: float = 0.8) -> np.ndarray:
+    """Queries near the gallery but not in it: random rows pushed off by Gaussian noise to about `cosine`
+    similarity with their source row (what a photo query or a good sketch looks like)."""
+    n = source.shape[0] if isinstance(source, np.ndarray) else np.load(source, mmap_mode="r").shape[0]
+    rng = np.random.default_rng(seed)
+    wanted = set(rng.choice(n, size=min(n_queries, n), replace=False).tolist())
+    rows, offset = [], 0
+    for chunk in iter_row_chunks(source):
+        rows += [chunk[i - offset] for i in sorted(wanted) if offset <= i < offset + chunk.shape[0]]
+        offset += chunk.shape[0]
+    base = np.stack(rows)
+    dim = base.shape[1]
+    sigma = np.tan(np.arccos(cosine)) / np.sqrt(dim)
+    q = base + sigma * rng.standard_normal(base.shape).astype(np.float32)
+    return (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
+
+
+def recall_at_k(searcher: AnnoySearcher, queries: np.ndarray, truth: np.ndarray, search_k: int, k: int = 10) -> float:
+    hits = 0
+    for q, t in zip(queries, truth, strict=True):
+        hits += len(set(searcher.search(q, k, search_k)[0].tolist()) & set(t.tolist()))
+    return hits / (k * len(queries))
+
+
+def tune_search_k(searcher: AnnoySearcher, source: np.ndarray | Path, target: float = 0.95, n_queries: int = 100,
+                  k: int = 10, seed: int = 0) -> tuple[int, float]:
+    """The smallest search_k on SEARCH_K_LADDER whose recall@k against exact search reaches `target` on
+    probe queries: (search_k, recall). When none does, the largest tried, with a warning."""
+    n = len(searcher)
+    queries = probe_queries(source, n_queries, seed)
+    truth = exact_search_many(source, queries, k)
+    ladder = [s for s in SEARCH_K_LADDER if s < n * searcher.cfg.n_trees] or [SEARCH_K_LADDER[0]]
+    recall = 0.0
+    for search_k in ladder:
+        recall = recall_at_k(searcher, queries, truth, search_k, k)
+        if recall >= target:
+            return search_k, recall
+    log.warning("Annoy reaches recall@%d %.3f at most (search_k=%d); more trees would help", k, recall, ladder[-1])
+    return ladder[-1], recall
