@@ -32,3 +32,21 @@ def draw_sketch(size: int = 256, shape: str = "line", offset: int = 0) -> Image.
     elif shape == "box":
         draw.rectangle((50 + o, 60 + o, 180 + o, 140 + o), outline="black", width=6)
     return image
+
+
+def canvas_value(shape: str = "line", offset: int = 0, size: int = 448) -> str:
+    """What the page's canvas sends after a stroke: the strokes as JSON, in canvas pixels."""
+    import json
+    import math
+
+    o = offset
+    if shape == "line":
+        strokes = [[30 + o, 30 + o, 90 + o, 115 + o, 150 + o, 200 + o]]
+    elif shape == "circle":
+        strokes = [[c for t in range(64) for c in (round(100 + o + 60 * math.cos(t / 10)),
+                                                   round(100 + o + 60 * math.sin(t / 10)))]]
+    elif shape == "box":
+        strokes = [[50 + o, 60 + o, 180 + o, 60 + o, 180 + o, 140 + o, 50 + o, 140 + o, 50 + o, 60 + o]]
+    else:
+        raise ValueError(shape)
+    return json.dumps({"width": size, "height": size, "brush": 6, "strokes": strokes})

@@ -12,7 +12,9 @@ from gradio_client import Client, handle_file
 from PIL import Image, ImageDraw
 
 import app
-from tests.conftest import TINY_MODEL, draw_sketch
+from tests.conftest import TINY_MODEL, canvas_value, draw_sketch
+from zsdemo.config import ServeConfig
+from zsdemo.service import SearchService
 
 pytestmark = pytest.mark.slow
 
@@ -20,8 +22,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def served(tiny_encoder, tmp_path_factory):
     root = tmp_path_factory.mktemp("served")
-    config = app.AppConfig(cache=str(root / "cache"), model=TINY_MODEL, pretrained="none", max_upload_mb=2)
-    backend = app.Backend(config, encoder=tiny_encoder)
+    config = ServeConfig(cache=str(root / "cache"), model=TINY_MODEL, pretrained="none", max_upload_mb=2)
+    backend = SearchService(config, encoder=tiny_encoder)
     backend.prepare()
     assert backend.ready, backend.status
     demo = app.build_demo(backend)
@@ -44,8 +46,8 @@ def sketch_file(directory: Path, name: str, **kw) -> str:
     return str(path)
 
 
-def pad(path: str | None) -> dict:
-    return {"background": None, "layers": [], "composite": handle_file(path) if path else None}
+def captions(service: SearchService, sketch, k: int) -> list[str]:
+    return [f"{h.score:.3f} · {h.name}" for h in service.search(sketch, k).hits]
 
 
 def test_api_exposes_search(client):
@@ -57,29 +59,33 @@ def test_api_exposes_search(client):
 
 def test_search_endpoint_returns_ranked_results(served, client, tmp_path):
     backend = served[0]
-    path = sketch_file(tmp_path, "circle", shape="circle")
-    gallery, preview, status = client.predict(pad(path), api_name="/search")
+    strokes = canvas_value("circle")
+    gallery, preview, status = client.predict(strokes, api_name="/search")
     assert len(gallery) == backend.config.default_k
     scores = [float(item["caption"].split(" · ")[0]) for item in gallery]
     assert scores == sorted(scores, reverse=True)
-    expected = backend.search(path, backend.config.default_k)[3]
-    assert [item["caption"] for item in gallery] == [f"{h['score']:.3f} · {h['name']}" for h in expected]
+    assert [item["caption"] for item in gallery] == captions(backend, strokes, backend.config.default_k)
     for item in gallery:  # the thumbnails really came over HTTP
         with Image.open(item["image"]) as thumb:
             assert max(thumb.size) <= 256
     with Image.open(preview) as view:
         assert view.width == view.height
     assert "best of" in status
-    gallery, _, _ = client.predict(pad(path), 3, api_name="/search")
+    gallery, _, _ = client.predict(strokes, 3, api_name="/search")
     assert len(gallery) == 3
+    # a picture of a sketch goes to /search_upload
+    path = sketch_file(tmp_path, "circle", shape="circle")
+    gallery, _, _ = client.predict(handle_file(path), 4, api_name="/search_upload")
+    assert [item["caption"] for item in gallery] == captions(backend, path, 4)
 
 
 def test_empty_sketch_returns_the_hint(client, tmp_path):
     blank = tmp_path / "blank.png"
     Image.new("RGB", (448, 448), "white").save(blank)
-    gallery, preview, status = client.predict(pad(str(blank)), api_name="/search")
+    gallery, preview, status = client.predict(handle_file(str(blank)), api_name="/search_upload")
     assert gallery == [] and preview is None and status == app.EMPTY_HINT
-    assert client.predict(pad(None), api_name="/search")[2] == app.EMPTY_HINT
+    assert client.predict('{"width": 448, "height": 448, "strokes": []}', api_name="/search")[2] == app.EMPTY_HINT
+    assert client.predict("", api_name="/search")[2] == app.EMPTY_HINT
 
 
 def test_non_image_and_oversized_uploads_get_clear_messages(client, tmp_path):
@@ -87,6 +93,11 @@ def test_non_image_and_oversized_uploads_get_clear_messages(client, tmp_path):
     fake.write_bytes(os.urandom(2000))
     gallery, _, status = client.predict(handle_file(str(fake)), api_name="/search_upload")
     assert gallery == [] and status.startswith("⚠️") and "not a readable image" in status
+    assert "/tmp" not in status and "gradio" not in status  # no server temp paths in messages
+    assert "/search_upload" in client.predict("/etc/passwd", api_name="/search")[2]  # never opened as a path
+    for junk in ("hello", "{not json", '{"width": 99999, "height": 5, "strokes": []}', "[1, 2, 3]" * 100_000):
+        gallery, _, status = client.predict(junk, api_name="/search")
+        assert gallery == [] and status.startswith(("⚠️", "✏️")), status
 
     big = tmp_path / "big.png"  # 3 MB of noise > the 2 MB limit of this app
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (1000, 1000, 3), dtype=np.uint8)).save(big)
@@ -104,10 +115,10 @@ def test_concurrent_users_get_their_own_results(served, tmp_path):
         ImageDraw.Draw(image).line([tuple(p) for p in rng.integers(10, 290, (6, 2)).tolist()], fill="black", width=5)
         sketches.append(str(tmp_path / f"user-{seed}.png"))
         image.save(sketches[-1])
-    expected = [[f"{h['score']:.3f} · {h['name']}" for h in backend.search(p, 6)[3]] for p in sketches]
+    expected = [captions(backend, p, 6) for p in sketches]
     assert len({tuple(e) for e in expected}) == len(expected)  # all different, so a mix-up would show
     users = [Client(url, verbose=False, download_files=str(root / f"user{i}")) for i in range(3)]
-    jobs = [users[i % 3].submit(pad(p), 6, api_name="/search") for i, p in enumerate(sketches)]
+    jobs = [users[i % 3].submit(handle_file(p), 6, api_name="/search_upload") for i, p in enumerate(sketches)]
     results = [job.result(timeout=60) for job in jobs]
     assert [[item["caption"] for item in r[0]] for r in results] == expected
 
@@ -116,7 +127,7 @@ def test_only_thumbnails_are_served(served, client, tmp_path):
     backend, url, _ = served
     thumb = next(backend.engine.gallery.thumbs_dir.iterdir())
     manifest = next(backend.cache_dir.glob("gen-*/manifest.json"))
-    photo = Path(backend.search(sketch_file(tmp_path, "x"), 1)[3][0]["photo"])
+    photo = backend.search(canvas_value(), 1).hits[0].photo
 
     def get(path: Path | str) -> int:
         return httpx.get(f"{url.rstrip('/')}/gradio_api/file={path}", timeout=10).status_code
@@ -129,13 +140,13 @@ def test_only_thumbnails_are_served(served, client, tmp_path):
 def test_uploaded_photos_appear_in_results(served, client, tmp_path):
     backend = served[0]
     before = len(backend.engine.gallery)
-    path = sketch_file(tmp_path, "query", shape="box", offset=20)
-    _, preview, _ = client.predict(pad(path), api_name="/search")
+    path = canvas_value("box", offset=20)
+    _, preview, _ = client.predict(path, api_name="/search")
     photo = tmp_path / "my-photo.png"
     Image.open(preview).convert("RGB").save(photo)  # the model's view of the sketch, uploaded as a photo
     status, info = client.predict([handle_file(str(photo))], api_name="/add_photos")
     assert status.startswith("Added 1 photo;") and f"{before + 1} photos" in info
-    gallery, _, _ = client.predict(pad(path), api_name="/search")
+    gallery, _, _ = client.predict(path, api_name="/search")
     top = gallery[0]["caption"]
     assert top.split(" · ")[1].startswith("my-photo") and float(top.split(" · ")[0]) > 0.999
 
@@ -170,9 +181,9 @@ def test_python_app_py_with_flags_and_environment(tmp_path):
             except Exception:
                 assert time.monotonic() < end, "app did not come up"
                 time.sleep(0.5)
-        sketch = sketch_file(tmp_path, "s", shape="circle")
+        sketch = canvas_value("circle")
         while True:
-            gallery, _, status = client.predict(pad(sketch), api_name="/search")
+            gallery, _, status = client.predict(sketch, api_name="/search")
             if gallery:
                 break
             assert "Still preparing" in status and time.monotonic() < end, status
