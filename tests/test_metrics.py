@@ -107,3 +107,18 @@ def test_markdown_table_sits_beside_paper_numbers():
     assert "| this run | 0.500 | 0.600 |" in table and "| Ours (paper) | 0.723 | 0.725 |" in table
     fg = markdown_table("sketchy_fg", {"run": {"Acc@1": 12.5, "Acc@5": 40.0}})
     assert "| Ours (paper) | 28.68 | 62.34 |" in fg
+
+
+def test_fine_grained_table_shows_both_galleries_and_names_the_compared_one():
+    from train.config import load_config
+    from train.eval import table_for
+
+    result = {"setting": "fine_grained", "n_queries": 10, "n_gallery": 40,
+              "metrics_unseen_gallery": {"Acc@1": 10.0, "Acc@5": 30.0, "Acc@10": 40.0},
+              "metrics_category_gallery": {"Acc@1": 20.0, "Acc@5": 60.0, "Acc@10": 80.0}}
+    cfg = load_config(None, ["setting=fine_grained", "benchmark=sketchy_fg"])
+    table = table_for(result, cfg, "run")
+    assert "| run, gallery: all unseen-class photos | 10.00 | 30.00 |" in table
+    assert "| run, gallery: photos of the sketch's class | 20.00 | 60.00 |" in table
+    assert "| Ours (paper) | 28.68 | 62.34 |" in table and "fg_gallery=unseen" in table
+    assert "fg_gallery=category" in table_for(result, load_config(None, ["setting=fine_grained", "fg_gallery=category"]), "run")

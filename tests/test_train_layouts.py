@@ -3,6 +3,8 @@ command, and unreadable files in training and evaluation."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,7 +22,7 @@ from train.data import (
     split_from_config,
 )
 from train.layouts import LAYOUTS
-from train.testing import CONFIGS, make_miniature
+from train.testing import CONFIGS, ROOT, make_miniature, run_env
 
 # (layout preset, the shipped config it goes with, fine-grained?)
 CASES = [
@@ -117,6 +119,16 @@ def test_check_data_fails_clearly_on_a_wrong_layout(minis, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "png_ready does not exist" in err
     assert "Layouts whose folders exist under" in err and "tuberlin_sempcyc" in err.rsplit("exist under", 1)[1]
+
+
+@pytest.mark.parametrize("how", ["script", "module"])
+def test_check_data_runs_as_a_script_and_as_a_module(minis, how):
+    entry = [str(ROOT / "train" / "check_data.py")] if how == "script" else ["-m", "train.check_data"]
+    proc = subprocess.run([sys.executable, *entry, "--config", str(CONFIGS / "sketchy_fine_grained.yaml"),
+                           f"data_root={minis['sketchy_fg']}"], cwd=ROOT, env=run_env(), capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| unseen | 21 | 42 | 42 | photo/tx_000000000000: 42 |" in proc.stdout
 
 
 def test_check_data_read_counts_unreadable_files(tmp_path, capsys):

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from train.pretrain_tiny import pretrain
 from train.synthetic import generate
+from train.testing import TINY
 from zsdemo.encoder import EncoderConfig, SketchPhotoEncoder, create_clip
-
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "train" / "configs" / "tiny.yaml"
 
 
 def test_pretrained_file_loads_through_the_engine_and_differs_from_random(tmp_path):
