@@ -170,3 +170,54 @@ def test_photo_modes_and_gif_first_frame(tmp_path):
     assert photo.getpixel((5, 5))[2] > 200  # blue: the first frame
     assert flatten_to_rgb(Image.new("RGBA", (4, 4), (0, 0, 0, 0))).getpixel((0, 0)) == (255, 255, 255)
     assert flatten_to_rgb(Image.new("CMYK", (4, 4))).mode == "RGB"
+
+
+def test_streams_and_arrays_obey_the_same_limits():
+    from zsdemo.preprocess import sketch_to_image
+
+    stream = io.BytesIO(b"\x00" * 2000)
+    with pytest.raises(ImageError, match="MB limit"):
+        open_image(stream, ImageLimits(max_file_bytes=1000))
+    with pytest.raises(ImageError, match="MP"):
+        sketch_to_image(np.zeros((12000, 12000), np.uint8))
+    with pytest.raises(ImageError, match="MP"):
+        sketch_to_image(Image.new("1", (9000, 9000)))
+
+
+def test_no_pil_bomb_warning_before_our_own_refusal(tmp_path):
+    import warnings
+
+    big = tmp_path / "big.png"
+    Image.new("1", (10000, 9500), 1).save(big)  # 95 MP: over PIL's warning threshold and our 40 MP limit
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ImageError, match="95 MP"):
+            open_image(big)
+
+
+def test_messages_can_hide_server_file_names(tmp_path):
+    junk = tmp_path / "tmpXYZ123.png"
+    junk.write_bytes(b"garbage")
+    with pytest.raises(ImageError) as info:
+        open_image(junk, display_name="the sketch")
+    assert "tmpXYZ123" not in str(info.value) and str(tmp_path) not in str(info.value)
+
+
+def test_strokes_are_drawn_like_the_canvas():
+    import json
+
+    from zsdemo.preprocess import strokes_to_image
+
+    value = {"width": 200, "height": 100, "brush": 6, "strokes": [[20, 50, 180, 50], [100, 80]]}
+    image = strokes_to_image(json.dumps(value))
+    assert image.size == (200, 100) and image.mode == "RGB"
+    grey = np.asarray(image.convert("L"))
+    assert grey[50, 100] < 50 and grey[80, 100] < 50 and grey[20, 100] == 255  # the line, the dot, paper
+    assert clean_sketch(value).size == clean_sketch(json.dumps(value)).size
+    with pytest.raises(EmptySketchError):
+        clean_sketch({"width": 200, "height": 200, "strokes": []})
+    for bad, why in [("{oops", "malformed"), ('{"strokes": [["x"]]}', "lists of numbers"),
+                     ('{"width": 1e9, "strokes": []}', "between 8 and"),
+                     (json.dumps({"strokes": [[1, 2] * 50_000]}), "too many points")]:
+        with pytest.raises(ImageError, match=why):
+            strokes_to_image(bad)
