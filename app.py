@@ -29,6 +29,7 @@ from zsdemo.config import ServeConfig, resolve_serve_config
 from zsdemo.errors import ZsdemoError
 from zsdemo.preprocess import PHOTO_EXTENSIONS, is_strokes_value
 from zsdemo.service import SearchOutcome, SearchService
+from zsdemo.weblog import quiet_dropped_connections
 
 log = logging.getLogger("zsdemo.app")
 
@@ -312,6 +313,7 @@ def launch_kwargs(config: ServeConfig) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    quiet_dropped_connections()
     try:
         config = parse_args(argv)
     except ZsdemoError as exc:
