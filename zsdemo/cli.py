@@ -1,8 +1,9 @@
-"""Command line: `python -m zsdemo {index,search,info}`."""
+"""Command line: `python -m zsdemo {index,search,info,export}`."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -31,11 +32,14 @@ def _serve_config(args: argparse.Namespace, manifest: dict[str, Any] | None = No
     return resolve_serve_config(flags, manifest)
 
 
-def _encoder(config: ServeConfig):
+def _encoder(config: ServeConfig, **overrides: Any):
     from zsdemo.encoder import EncoderConfig, SketchPhotoEncoder
 
     prompts = resolve_hub_file(config.prompts) if config.prompts else None
-    return SketchPhotoEncoder.load(EncoderConfig.from_serve(config, prompts))
+    cfg = EncoderConfig.from_serve(config, prompts)
+    if overrides:  # indexing: photos are always encoded in fp32, so no sketch query path needs choosing
+        cfg = dataclasses.replace(cfg, **{"query_precision": "fp32", **overrides})
+    return SketchPhotoEncoder.load(cfg)
 
 
 def _progress_bar(desc: str):
@@ -52,24 +56,52 @@ def _progress_bar(desc: str):
 
 
 def cmd_index(args: argparse.Namespace) -> int:
+    """Index photo folders; under torchrun / accelerate launch the encoding is spread over the processes
+    (zsdemo.distributed): only the main process takes the cache lock, plans, merges and prints."""
+    from zsdemo.distributed import DistributedRunner, Processes, follow
     from zsdemo.gallery import Gallery, recorded_sources
     from zsdemo.service import gallery_sources
 
-    cache = _serve_config(args).cache_dir
-    config = _serve_config(args, _try_manifest(cache))  # an existing cache keeps its model unless told otherwise
-    sources = gallery_sources(cache, config.galleries)
-    if sources is None:
-        print(f"Updating {cache} from the folders it records: {', '.join(map(str, recorded_sources(cache) or []))}",
-              file=sys.stderr)
-    encoder = _encoder(config)
-    bar, update = _progress_bar("Indexing")
+    procs = Processes()
     try:
-        gallery, report = Gallery.build(sources, cache, encoder, progress=update,
-                                        on_wait=lambda message: print(message, file=sys.stderr))
+        cache = _serve_config(args).cache_dir
+        config = _serve_config(args, _try_manifest(cache))  # an existing cache keeps its model unless told otherwise
+        if not procs.is_main:
+            encoder = _encoder(config, device=str(procs.device), batch_size=args.batch_size)
+            follow(procs, encoder, args.workers, args.batch_size, args.precision)
+            return 0
+        runner = DistributedRunner(procs, args.workers, args.batch_size, args.precision)
+        try:
+            sources = gallery_sources(cache, config.galleries)
+            if sources is None:
+                print(f"Updating {cache} from the folders it records: "
+                      f"{', '.join(map(str, recorded_sources(cache) or []))}", file=sys.stderr)
+            encoder = _encoder(config, device=str(procs.device), batch_size=args.batch_size)
+            bar, update = _progress_bar("Indexing")
+            try:
+                gallery, report = Gallery.build(sources, cache, encoder, progress=update,
+                                                on_wait=lambda message: print(message, file=sys.stderr),
+                                                runner=runner, shard_size=args.shard_size)
+            finally:
+                bar.close()
+        finally:
+            runner.announce(None)  # the other ranks stop waiting if there was nothing to encode (or an error)
+        print(report.summary())
+        if runner.photos_per_s is not None:
+            print(f"Encoding: {runner.encoded} photos on {procs.world} process(es) ({procs.device}): "
+                  f"{runner.photos_per_s:.2f} photos/s", file=sys.stderr)
+        print(f"Cache: {gallery.cache_dir} ({len(gallery)} photos, search: {gallery.backend})")
+        return 0
     finally:
-        bar.close()
-    print(report.summary())
-    print(f"Cache: {gallery.cache_dir} ({len(gallery)} photos, search: {gallery.backend})")
+        procs.close()
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from zsdemo.export import export_parquet
+
+    cache = _serve_config(args).cache_dir
+    out, rows = export_parquet(cache, Path(args.out))
+    print(f"Exported {rows} photos from {cache} to {out}")
     return 0
 
 
@@ -180,8 +212,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("photo_dirs", nargs="*", help="photo folders (default: the folders the cache records; for a new "
                                                  "cache, the bundled starter photos)")
     p.add_argument("--cache", help="cache folder (default gallery_cache/<first folder>-<hash>, or gallery_cache/starter)")
+    group = p.add_argument_group("scale (see zsdemo/distributed.py: run under torchrun or accelerate launch "
+                                 "for several processes)")
+    group.add_argument("--workers", type=int, default=1, help="DataLoader processes decoding photos, per process "
+                                                               "(default 1; 0 = decode in the encoding process)")
+    group.add_argument("--batch-size", type=int, default=32, help="photos per encoder batch (default 32)")
+    group.add_argument("--shard-size", type=int, help="photos per resumable shard (default: about 1/64 of the "
+                                                      "photos, 16 to 1024)")
+    group.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                       help="photo encoding: auto = bf16 autocast on GPU, fp32 on CPU")
     _add_model_args(p)
     p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("export", help="write a gallery cache as Parquet (one row per photo, with its embedding)")
+    p.add_argument("out", help="output .parquet file")
+    p.add_argument("--cache", help="cache folder (default gallery_cache/starter)")
+    p.set_defaults(func=cmd_export, model=None, pretrained=None, prompts=None)
 
     p = sub.add_parser("search", help="search a gallery cache with a sketch or photo file")
     p.add_argument("query", help="query image file")
