@@ -404,9 +404,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="for --trained-tiny: a file train/pretrain_tiny.py already wrote (skips pretraining)")
     parser.add_argument("--openvino", action="store_true", help="also measure OpenVINO (if installed)")
     parser.add_argument("--compile", action="store_true", help="also measure torch.compile (minutes to compile)")
+    parser.add_argument("--threads", type=int, help="torch and ONNX Runtime intra-op threads (default: torch's, "
+                        "the cores); 1 gives contention-robust ratios on a busy shared machine")
     parser.add_argument("--cache-dir", type=Path, help="keep exported ONNX files here (default: a temp folder)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)  # ONNX Runtime sessions follow torch's thread count
     prompts = args.prompts
     if prompts:
         from zsdemo.config import resolve_hub_file
