@@ -11,7 +11,7 @@ import socket
 import urllib.parse
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from zsdemo.config import DEFAULT_MODEL, DEFAULT_PRETRAINED, ServeConfig, is_ran
 from zsdemo.errors import WeightsUnavailableError, ZsdemoError
 from zsdemo.precision import AUTO, canonical_path, make_query_model, probe_sketches, select_query_path
 from zsdemo.preprocess import PREPROCESS_VERSION, Transform, clean_sketch, load_photo
-from zsdemo.prompts import PromptedViT, PromptSpec, check_compatible, read_checkpoint
+from zsdemo.prompts import PromptCheckpoint, PromptedViT, PromptSpec, check_compatible, read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -196,6 +196,19 @@ def fingerprint_without_loading(cfg: EncoderConfig) -> str:
                                ckpt.spec if ckpt else cfg.spec, size)
 
 
+def _prompted_for(clip: torch.nn.Module, cfg: EncoderConfig, ckpt: PromptCheckpoint | None) -> PromptedViT:
+    """A PromptedViT around `clip.visual` (wrapped, frozen, never copied) with the checkpoint's prompts loaded."""
+    prompted = PromptedViT(clip.visual, ckpt.spec if ckpt else cfg.spec)
+    if ckpt:
+        check_compatible(ckpt, cfg.model, prompted.width, prompted.n_layers)
+        prompted.load_learned_state(ckpt.state)
+        if ckpt.meta.get("pretrained") != cfg.pretrained:
+            log.warning("Prompts in %s were trained on %r weights; the backbone loaded %r.",
+                        ckpt.path.name, ckpt.meta.get("pretrained"), cfg.pretrained)
+        log.info("Loaded prompts from %s (%s)", ckpt.path, ckpt.spec)
+    return prompted.to(cfg.device)
+
+
 def batched(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
@@ -224,18 +237,16 @@ class SketchPhotoEncoder:
     @classmethod
     def load(cls, cfg: EncoderConfig) -> SketchPhotoEncoder:
         ckpt = read_checkpoint(cfg.prompts) if cfg.prompts else None
-        clip = create_clip(cfg.model, cfg.pretrained)
-        spec = ckpt.spec if ckpt else cfg.spec
-        prompted = PromptedViT(clip.visual, spec)
-        if ckpt:
-            check_compatible(ckpt, cfg.model, prompted.width, prompted.n_layers)
-            prompted.load_learned_state(ckpt.state)
-            if ckpt.meta.get("pretrained") != cfg.pretrained:
-                log.warning("Prompts in %s were trained on %r weights; the backbone loaded %r.",
-                            ckpt.path.name, ckpt.meta.get("pretrained"), cfg.pretrained)
-            log.info("Loaded prompts from %s (%s)", ckpt.path, ckpt.spec)
-        prompted.to(cfg.device)
-        return cls(cfg, clip.to(cfg.device), prompted, ckpt.sha256 if ckpt else None)
+        clip = create_clip(cfg.model, cfg.pretrained).to(cfg.device)
+        return cls(cfg, clip, _prompted_for(clip, cfg, ckpt), ckpt.sha256 if ckpt else None)
+
+    def with_prompts(self, prompts: str | None, spec: PromptSpec | None = None) -> SketchPhotoEncoder:
+        """Another encoder on this one's backbone: the same `clip` module (not a copy, so one set of CLIP weights in
+        memory serves both), with the prompts of checkpoint `prompts` (or none: `spec`, default plain CLIP). Its
+        query path is chosen anew (a reduced-precision query path is a per-encoder, sketch-side copy)."""
+        cfg = replace(self.cfg, prompts=prompts, spec=spec or PromptSpec(n_prompts=0))
+        ckpt = read_checkpoint(prompts) if prompts else None
+        return type(self)(cfg, self.clip, _prompted_for(self.clip, cfg, ckpt), ckpt.sha256 if ckpt else None)
 
     def _make_query_model(self, precision: str) -> torch.nn.Module:
         """Choose the sketch query path (select_query_path); sets query_path, query_report, query_cosine."""

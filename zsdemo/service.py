@@ -1,8 +1,14 @@
-"""The search service under the page, without any Gradio: start, status, search, add photos.
+"""The search service under the page, without any Gradio: start, status, search, explain, add photos.
 
 `app.py` renders what this returns; the CLI shares `gallery_sources`. Startup (loading the model,
 opening or building the gallery cache) runs on a background thread so a page can be up at once and
 show progress; every failure ends up in `status` with a readable message, never as an exception.
+
+Modes: one app answers "photos of this kind of thing" (category-level prompts, `--prompts`) and "this exact
+one" (fine-grained prompts, one shared prompt for sketch and photo, `--fine-grained-prompts`). Both prompt
+sets wrap the one frozen backbone in memory (`SketchPhotoEncoder.with_prompts`); each mode has its own gallery
+embeddings (the first mode in `cache_dir`, the others in `cache_dir/mode-<name>`), built in that order in
+the background. With no prompt file the one mode is "plain" CLIP.
 """
 
 from __future__ import annotations
@@ -20,11 +26,37 @@ from PIL import Image
 from zsdemo.config import ServeConfig, is_random_weights, resolve_hub_file, resolve_hub_folder
 from zsdemo.errors import CacheError, EmptySketchError, ZsdemoError
 from zsdemo.gallery import BuildReport, Gallery, Hit, is_new_cache, recorded_sources
-from zsdemo.preprocess import PHOTO_EXTENSIONS, load_photo
+from zsdemo.preprocess import PHOTO_EXTENSIONS, clean_sketch, load_photo
 
 log = logging.getLogger(__name__)
 
 LARGE_PHOTO_SIDE = 1280
+
+CATEGORY, FINE_GRAINED, PLAIN = "category", "fine_grained", "plain"
+MODE_LABELS = {CATEGORY: "Find this kind of thing", FINE_GRAINED: "Find this exact one",
+               PLAIN: "Find similar photos (plain CLIP)"}
+MODE_FLAGS = {CATEGORY: ("--prompts", "ZSDEMO_PROMPTS"),
+              FINE_GRAINED: ("--fine-grained-prompts", "ZSDEMO_FINE_GRAINED_PROMPTS")}
+
+
+def served_modes(config: ServeConfig) -> list[str]:
+    """The modes a config serves, first = the default: category and/or fine-grained, else plain CLIP."""
+    modes = [name for name, given in ((CATEGORY, config.prompts), (FINE_GRAINED, config.fine_grained_prompts)) if given]
+    return modes or [PLAIN]
+
+
+def check_prompt_kind(path: str, mode: str) -> None:
+    """Refuse a checkpoint given for the wrong mode, naming the flag it belongs to. Fine-grained checkpoints have
+    one shared prompt (spec.shared); category-level ones a sketch and a photo prompt."""
+    from zsdemo.prompts import read_checkpoint
+
+    shared = read_checkpoint(path).spec.shared
+    if mode == CATEGORY and shared:
+        raise ZsdemoError(f"{Path(path).name} is a fine-grained checkpoint (one shared prompt for sketch and photo): "
+                          "pass it with --fine-grained-prompts (or ZSDEMO_FINE_GRAINED_PROMPTS), not --prompts.")
+    if mode == FINE_GRAINED and not shared:
+        raise ZsdemoError(f"{Path(path).name} is a category-level checkpoint (separate sketch and photo prompts): "
+                          "pass it with --prompts (or ZSDEMO_PROMPTS), not --fine-grained-prompts.")
 
 
 def gallery_sources(cache_dir: Path, galleries: Sequence[str]) -> list[Path] | None:
@@ -78,23 +110,80 @@ class AddOutcome:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
-class SearchService:
-    """Owns the encoder, the gallery and the search engine for one served cache.
+@dataclass
+class ExplainOutcome:
+    """Why a photo matched: the similarity map over the photo, or a message saying why there is none."""
 
-    Pass `encoder` to reuse an already loaded one (tests); otherwise it is loaded from `config` in
-    `prepare()`, which `start()` runs on a background thread.
+    kind: str  # ok | empty | error | not_ready
+    message: str
+    image: Image.Image | None = None
+    seconds: float | None = None
+
+
+@dataclass
+class Mode:
+    """One way of searching: its prompts, encoder (sharing the backbone), gallery cache and search engine."""
+
+    name: str
+    prompts: str | None  # the checkpoint as given (a path or hf:// spec); None = plain CLIP
+    cache_dir: Path
+    encoder: Any | None = None
+    engine: Any | None = None
+    status: Status = field(default_factory=Status)
+    names: tuple[Any, dict[str, int]] | None = None  # (gallery, photo name -> row), for /explain by name
+
+    @property
+    def label(self) -> str:
+        return MODE_LABELS[self.name]
+
+
+class SearchService:
+    """Owns the encoders, galleries and search engines of the modes served from one cache.
+
+    Pass `encoder` to reuse an already loaded one for the first mode (tests); otherwise it is loaded from
+    `config` in `prepare()`, which `start()` runs on a background thread. `encoder`, `engine` and `status` are
+    the first mode's; the others are prepared after it, on the same backbone (see the module docstring).
     """
 
     def __init__(self, config: ServeConfig, encoder: Any | None = None) -> None:
         self.config = config
-        self.encoder = encoder
-        self.engine: Any | None = None
-        self.status = Status()
         self.cache_dir = config.cache_dir
+        names = served_modes(config)
+        given = {CATEGORY: config.prompts, FINE_GRAINED: config.fine_grained_prompts, PLAIN: None}
+        self._modes = {name: Mode(name, given[name], self.cache_dir if i == 0 else self.cache_dir / f"mode-{name}")
+                       for i, name in enumerate(names)}
+        self._first = self._modes[names[0]]
+        self._first.encoder = encoder
         self.on_gallery: Callable[[Gallery], None] | None = None  # told of every gallery served (static paths)
         self._write_lock = threading.Lock()  # one writer (startup build or photo upload) per process
         self._ready = threading.Event()
+        self._all_ready = threading.Event()
         self._thread: threading.Thread | None = None
+
+    # the first mode's encoder, engine and status (what a one-mode app has always had)
+    encoder = property(lambda self: self._first.encoder, lambda self, value: setattr(self._first, "encoder", value))
+    engine = property(lambda self: self._first.engine, lambda self, value: setattr(self._first, "engine", value))
+    status = property(lambda self: self._first.status, lambda self, value: setattr(self._first, "status", value))
+
+    @property
+    def modes(self) -> list[str]:
+        """The modes served, default first: ["category", "fine_grained"], one of them, or ["plain"]."""
+        return list(self._modes)
+
+    def mode(self, name: str | None = None) -> Mode:
+        """A served mode by name or label (None = the default); ZsdemoError naming the served ones otherwise."""
+        if not name:
+            return self._first
+        for mode in self._modes.values():
+            if name in (mode.name, mode.label) or name.replace("-", "_").replace(" ", "_") == mode.name:
+                return mode
+        served = ", ".join(f"{m.name!r} ({m.label})" for m in self._modes.values())
+        raise ZsdemoError(f"Unknown mode {name!r}: this app serves {served}.")
+
+    @property
+    def settled(self) -> bool:
+        """Every mode is ready or failed (no background work left)."""
+        return all(m.status.settled for m in self._modes.values())
 
     # ---- startup ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -110,8 +199,8 @@ class SearchService:
     def ready(self) -> bool:
         return self.engine is not None
 
-    def _set(self, phase: str, message: str, done: int = 0, total: int = 0) -> None:
-        self.status = Status(phase, message, done, total)
+    def _set(self, phase: str, message: str, done: int = 0, total: int = 0, mode: Mode | None = None) -> None:
+        (mode or self._first).status = Status(phase, message, done, total)
 
     def _progress(self, done: int, total: int, message: str) -> None:
         self._set("indexing", message or "Indexing photos", done, total)
@@ -120,9 +209,13 @@ class SearchService:
         self._set("waiting", message)
 
     def prepare(self) -> None:
-        """Blocking version of `start`: never raises; failures end up in `status` (and the log)."""
+        """Blocking version of `start`: never raises; failures end up in `status` (and the log). The first mode is
+        served as soon as it is ready; the others are prepared after it, one by one."""
         try:
             with self._write_lock:
+                for mode in self._modes.values():  # a checkpoint given to the wrong flag: refuse before loading
+                    if mode.prompts:
+                        check_prompt_kind(resolve_hub_file(mode.prompts), mode.name)
                 if self.encoder is None:
                     self._set("loading", "Loading the model (the first start may download weights)…")
                     self.encoder = self._load_encoder()
@@ -136,11 +229,51 @@ class SearchService:
             self._set("error", f"Startup failed: {type(exc).__name__}: {exc}")
         finally:
             self._ready.set()
+        for mode in list(self._modes.values())[1:]:
+            if self.status.phase == "error":
+                self._set("error", f"Not prepared: the first mode failed ({self.status.message})", mode=mode)
+                continue
+            self._prepare_mode(mode)
+        self._all_ready.set()
+
+    def _prepare_mode(self, mode: Mode) -> None:
+        """A further mode: its prompts on the first mode's backbone, its gallery from the same photo folders."""
+        try:
+            with self._write_lock:
+                self._set("loading", f"Loading the prompts of “{mode.label}”…", mode=mode)
+                prompts = resolve_hub_file(mode.prompts) if mode.prompts else None
+                mode.encoder = self.encoder.with_prompts(prompts)
+                self._serve(self._build_mode_gallery(mode), mode)
+        except ZsdemoError as exc:
+            log.error("Mode %s failed: %s", mode.name, exc)
+            self._set("error", str(exc), mode=mode)
+        except Exception as exc:
+            log.exception("Mode %s failed", mode.name)
+            self._set("error", f"{type(exc).__name__}: {exc}", mode=mode)
+
+    def _build_mode_gallery(self, mode: Mode) -> Gallery:
+        """The first mode's photos (its folders and uploads), embedded with this mode's prompts (cached)."""
+        def progress(done: int, total: int, message: str) -> None:
+            self._set("indexing", f"“{mode.label}”: {message or 'indexing photos'}", done, total, mode=mode)
+
+        def waiting(message: str) -> None:
+            self._set("waiting", message, mode=mode)
+
+        progress(0, 0, "indexing photos (an up-to-date cache is reused)")
+        sources = list(self.engine.gallery.sources)
+        gallery, report = Gallery.build(sources, mode.cache_dir, mode.encoder, progress=progress, on_wait=waiting)
+        log.info("Gallery of mode %s ready: %s", mode.name, report.summary())
+        return gallery
+
+    def wait_all(self, timeout: float | None = None) -> bool:
+        """Wait until every mode is ready or failed; True when all are ready."""
+        self._all_ready.wait(timeout)
+        return all(m.engine is not None and m.status.phase == "ready" for m in self._modes.values())
 
     def _load_encoder(self) -> Any:
         from zsdemo.encoder import EncoderConfig, SketchPhotoEncoder
 
-        prompts = resolve_hub_file(self.config.prompts) if self.config.prompts else None
+        prompts = resolve_hub_file(self._first.prompts) if self._first.prompts else None
         return SketchPhotoEncoder.load(EncoderConfig.from_serve(self.config, prompts))
 
     def _open_or_build(self) -> Gallery:
@@ -158,68 +291,141 @@ class SearchService:
         return gallery
 
     def attach(self, gallery: Gallery) -> None:
-        """Serve an already built gallery (tests, benchmarks): no background work."""
+        """Serve an already built gallery (tests, benchmarks): no background work (one-mode services)."""
         self._serve(gallery)
         self._ready.set()
+        self._all_ready.set()
 
-    def _serve(self, gallery: Gallery) -> None:
+    def _serve(self, gallery: Gallery, mode: Mode | None = None) -> None:
         from zsdemo.engine import SearchEngine
 
+        mode = mode or self._first
         if self.on_gallery is not None:
             self.on_gallery(gallery)
-        if self.engine is None:
-            self.engine = SearchEngine(self.encoder, gallery)
+        if mode.engine is None:
+            mode.engine = SearchEngine(mode.encoder, gallery)
         else:
-            self.engine.gallery = gallery  # readers keep the Gallery object they took
+            mode.engine.gallery = gallery  # readers keep the Gallery object they took
         if len(gallery) == 0:
             self._set("error", f"The gallery in {gallery.cache_dir} holds no photos. Add photos below, or start "
-                               "with --gallery PHOTO_DIR.")
+                               "with --gallery PHOTO_DIR.", mode=mode)
         else:
-            self._set("ready", f"Ready: {len(gallery)} photos.", len(gallery), len(gallery))
+            self._set("ready", f"Ready: {len(gallery)} photos.", len(gallery), len(gallery), mode=mode)
 
     # ---- what is loaded ----------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
-        """The model, prompts, query path and gallery, for the page's info line. Honest in every phase."""
+        """The model, prompts, query path and gallery, for the page's info line. Honest in every phase.
+        The top-level keys describe the first mode; `modes` lists every mode (name, label, phase, prompts, photos)."""
         info: dict[str, Any] = {"phase": self.status.phase, "status": self.status.message}
+        info["modes"] = [self._describe_mode(mode) for mode in self._modes.values()]
         if self.encoder is None:
             return info
         described = self.encoder.describe()
         info.update(model=described.get("model"), pretrained=described.get("pretrained"),
                     random_weights=is_random_weights(str(described.get("pretrained"))),
                     prompts=described.get("prompts"), prompts_sha256=described.get("prompts_sha256"),
-                    spec=described.get("spec"), query_path=getattr(self.encoder, "query_path", None)
-                    or getattr(getattr(self.encoder, "cfg", None), "query_precision", None),
+                    spec=described.get("spec"), query_path=self._query_path(self.encoder),
                     query_report=getattr(self.encoder, "query_report", None))
         if self.engine is not None:
             gallery = self.engine.gallery
             info.update(photos=len(gallery), search_backend=gallery.backend, skipped=len(gallery.skipped))
         return info
 
-    def not_ready_message(self) -> str:
-        if self.status.phase == "error":
-            return f"The gallery could not be prepared: {self.status.message}"
-        progress = f" ({self.status.done}/{self.status.total})" if self.status.total else ""
-        return f"Still preparing the gallery: {self.status.message}{progress}. Your sketch will work in a moment."
+    @staticmethod
+    def _query_path(encoder: Any) -> Any:
+        return getattr(encoder, "query_path", None) or getattr(getattr(encoder, "cfg", None), "query_precision", None)
+
+    def _describe_mode(self, mode: Mode) -> dict[str, Any]:
+        info: dict[str, Any] = {"name": mode.name, "label": mode.label, "phase": mode.status.phase,
+                                "status": mode.status.message, "done": mode.status.done, "total": mode.status.total,
+                                "cache_dir": str(mode.cache_dir)}
+        if mode.encoder is not None:
+            described = mode.encoder.describe()
+            info.update(prompts=described.get("prompts"), prompts_sha256=described.get("prompts_sha256"),
+                        spec=described.get("spec"), query_path=self._query_path(mode.encoder))
+        if mode.engine is not None:
+            info.update(photos=len(mode.engine.gallery), search_backend=mode.engine.gallery.backend)
+        return info
+
+    def not_ready_message(self, mode: Mode | None = None) -> str:
+        mode = mode or self._first
+        s = mode.status
+        which = "" if mode is self._first else f" for “{mode.label}”"
+        if s.phase == "error":
+            return f"The gallery{which} could not be prepared: {s.message}"
+        progress = f" ({s.done}/{s.total})" if s.total else ""
+        if mode is not self._first:
+            return (f"Still preparing “{mode.label}”: {s.message}{progress}. “{self._first.label}” works now; "
+                    "this one in a moment.")
+        return f"Still preparing the gallery: {s.message}{progress}. Your sketch will work in a moment."
 
     # ---- search ------------------------------------------------------------------------------
     def search(self, sketch: Any, k: int | None = None, text: str | None = None,
-               text_weight: float | None = None) -> SearchOutcome:
-        """A sketch in any accepted form -> ranked hits, or a readable reason why not. Never raises for bad input."""
+               text_weight: float | None = None, mode: str | None = None) -> SearchOutcome:
+        """A sketch in any accepted form -> ranked hits, or a readable reason why not. Never raises for bad input.
+        `mode` names a served mode (see `modes`); None = the first."""
         k = max(1, min(int(k or self.config.default_k), self.config.max_k))
-        if self.engine is None or self.status.phase == "error":
-            return SearchOutcome("not_ready", self.not_ready_message())
+        try:
+            served = self.mode(mode)
+        except ZsdemoError as exc:
+            return SearchOutcome("error", str(exc))
+        if served.engine is None or served.status.phase == "error":
+            return SearchOutcome("not_ready", self.not_ready_message(served))
         text = (text or "").strip() or None
         try:
-            result = self.engine.search_sketch(sketch, k=k, text=text, text_weight=float(text_weight or 0.0),
-                                               display_name="the sketch")
+            result = served.engine.search_sketch(sketch, k=k, text=text, text_weight=float(text_weight or 0.0),
+                                                 display_name="the sketch")
         except EmptySketchError as exc:
             return SearchOutcome("empty", str(exc))
         except ZsdemoError as exc:
             return SearchOutcome("error", str(exc))
-        gallery_size = len(self.engine.gallery)
+        gallery_size = len(served.engine.gallery)
         refined = f" · text “{text}” at weight {float(text_weight or 0):.2f}" if text and text_weight else ""
         message = f"{len(result.hits)} best of {gallery_size} photos in {result.seconds * 1000:.0f} ms{refined}."
         return SearchOutcome("ok", message, result.hits, result.preview, result.seconds)
+
+    # ---- why this photo ----------------------------------------------------------------------
+    def find_photo(self, name: str, mode: str | None = None) -> Hit | None:
+        """The gallery photo called `name` (as hits name them) in a mode's gallery, or None. Only gallery photos:
+        a name never becomes an arbitrary server path."""
+        served = self.mode(mode)
+        if served.engine is None:
+            return None
+        gallery = served.engine.gallery
+        if served.names is None or served.names[0] is not gallery:
+            served.names = (gallery, {entry.name: row for row, entry in enumerate(gallery.entries)})
+        row = served.names[1].get(name)
+        if row is None:
+            return None
+        entry = gallery.entries[row]
+        return Hit(name=entry.name, photo=Path(entry.path), thumbnail=gallery.thumbs_dir / entry.thumb, score=0.0)
+
+    def explain(self, photo: Hit | str, sketch: Any, mode: str | None = None) -> ExplainOutcome:
+        """The similarity map between `sketch` and the patches of a gallery photo (a hit, or a photo name as hits
+        give it), in `mode`, laid over the photo at its size (long side at most LARGE_PHOTO_SIDE)."""
+        from zsdemo.explain import explain_photo
+
+        try:
+            served = self.mode(mode)
+        except ZsdemoError as exc:
+            return ExplainOutcome("error", str(exc))
+        if served.engine is None or served.status.phase == "error":
+            return ExplainOutcome("not_ready", self.not_ready_message(served))
+        hit = self.find_photo(photo, served.name) if isinstance(photo, str) else photo
+        if hit is None:
+            return ExplainOutcome("error", f"No photo called {str(photo)[:200]!r} in the gallery.")
+        started = time.perf_counter()
+        try:
+            clean = clean_sketch(sketch, display_name="the sketch")
+            vector = served.encoder.encode_clean_sketches([clean])[0]
+            result = explain_photo(served.encoder, load_photo(hit.photo), vector, max_side=LARGE_PHOTO_SIDE)
+        except EmptySketchError as exc:
+            return ExplainOutcome("empty", str(exc))
+        except ZsdemoError as exc:
+            return ExplainOutcome("error", str(exc))
+        seconds = time.perf_counter() - started
+        log.info("Explained %s (%s) in %.0f ms", hit.name, served.name, seconds * 1000)
+        return ExplainOutcome("ok", f"{result.caption} ({seconds * 1000:.0f} ms)", result.image, seconds)
 
     def photo(self, hit: Hit) -> Image.Image:
         """The photo of a hit, large (paths come from the gallery, never from the browser)."""
@@ -252,10 +458,19 @@ class SearchService:
                     return AddOutcome(False, str(exc), skipped=skipped)
                 self._serve(gallery)
                 log.info("Added photos in %.1f s: %s", time.perf_counter() - started, report.summary())
+                for mode in list(self._modes.values())[1:]:  # the other modes index the same uploads
+                    if mode.engine is None:
+                        continue  # still being prepared: its build reads the first gallery's folders
+                    try:
+                        self._serve(self._build_mode_gallery(mode), mode)
+                    except ZsdemoError as exc:
+                        log.error("Mode %s did not take the new photos: %s", mode.name, exc)
+                        self._set("error", str(exc), mode=mode)
             added = report.added
             skipped += [(Path(name).name, why) for name, why in report.skipped]
         return AddOutcome(True, f"Added {added} photo{'s' if added != 1 else ''}; the gallery now has "
                                 f"{len(self.engine.gallery)}.", added, skipped)
 
 
-__all__ = ["AddOutcome", "BuildReport", "SearchOutcome", "SearchService", "Status", "gallery_sources"]
+__all__ = ["CATEGORY", "FINE_GRAINED", "MODE_LABELS", "PLAIN", "AddOutcome", "BuildReport", "ExplainOutcome", "Mode",
+           "SearchOutcome", "SearchService", "Status", "check_prompt_kind", "gallery_sources", "served_modes"]
