@@ -25,10 +25,18 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
-from zsdemo.config import ServeConfig, resolve_serve_config
+from zsdemo.config import ServeConfig, resolve_hub_file, resolve_serve_config
 from zsdemo.errors import ZsdemoError
 from zsdemo.preprocess import PHOTO_EXTENSIONS, is_strokes_value
-from zsdemo.service import SearchOutcome, SearchService
+from zsdemo.service import (
+    CATEGORY,
+    FINE_GRAINED,
+    MODE_FLAGS,
+    SearchOutcome,
+    SearchService,
+    check_prompt_kind,
+    served_modes,
+)
 from zsdemo.weblog import quiet_dropped_connections
 
 log = logging.getLogger("zsdemo.app")
@@ -104,6 +112,7 @@ element.querySelector('[data-act=clear]').addEventListener('click', () => {{ str
 
 PAGE_CSS = """
 .zs-banner {padding: .6em 1em; border-radius: 8px; background: #fff7e0; border: 1px solid #f0c36d;}
+.zs-banner + .zs-banner {margin-top: .4em;}
 .zs-banner progress {vertical-align: middle; width: 14em;}
 .zs-error {background: #ffecec; border-color: #e88;}
 """
@@ -119,7 +128,11 @@ def parse_args(argv: Sequence[str] | None = None) -> ServeConfig:
                    help="photo folder to search (repeatable), or hf://datasets/OWNER/NAME[@REV][/SUBDIR]. Default: "
                         "the folders recorded in --cache, else the starter photos.")
     p.add_argument("--cache", help="cache folder (thumbnails, embeddings, index). Default: gallery_cache/<gallery name>.")
-    p.add_argument("--prompts", help="learned-prompt checkpoint (.safetensors from train/fit.py) or hf://OWNER/NAME[@REV]/FILE.")
+    p.add_argument("--prompts", help="category-level prompt checkpoint (.safetensors from train/fit.py, setting: category) or "
+                                     "hf://OWNER/NAME[@REV]/FILE: the \"Find this kind of thing\" mode.")
+    p.add_argument("--fine-grained-prompts", help="fine-grained prompt checkpoint (setting: fine_grained, one shared "
+                                                  "prompt) or hf://...: the \"Find this exact one\" mode. With both, the "
+                                                  "page has a switch; the two share one backbone in memory.")
     p.add_argument("--model", help="open_clip model (default ViT-B-32-quickgelu).")
     p.add_argument("--pretrained", help="weights: open_clip tag (default openai), a weights file, or 'none' (random, for tests).")
     p.add_argument("--query-precision", help="how sketch queries run: auto (default: fastest path that matches fp32 on "
@@ -137,14 +150,29 @@ def parse_args(argv: Sequence[str] | None = None) -> ServeConfig:
 # Rendering what the service says
 # ---------------------------------------------------------------------------------------------
 def banner_html(service: SearchService) -> str:
+    """Startup progress or failure: the first mode's, then (once it is ready) any other mode's."""
     s = service.status
-    if s.phase == "ready":
-        return ""
     if s.phase == "error":
         return f"<div class='zs-banner zs-error'>⚠️ {html.escape(s.message).replace(chr(10), '<br>')}</div>"
-    pct = f" {100 * s.done // s.total}%" if s.total else ""
-    bar = f"<progress value='{s.done}' max='{s.total}'></progress>{pct}" if s.total else "<progress></progress>"
-    return f"<div class='zs-banner'>⏳ {html.escape(s.message)} {bar}</div>"
+    if s.phase != "ready":
+        return _progress_banner(s.message, s.done, s.total)
+    parts = []
+    for name in service.modes[1:]:
+        mode = service.mode(name)
+        m = mode.status
+        if m.phase == "error":
+            parts.append(f"<div class='zs-banner zs-error'>⚠️ “{html.escape(mode.label)}” is not available: "
+                         f"{html.escape(m.message)}</div>")
+        elif m.phase != "ready":
+            parts.append(_progress_banner(f"Preparing “{mode.label}” (the other mode works now): {m.message}",
+                                          m.done, m.total))
+    return "".join(parts)
+
+
+def _progress_banner(message: str, done: int, total: int) -> str:
+    pct = f" {100 * done // total}%" if total else ""
+    bar = f"<progress value='{done}' max='{total}'></progress>{pct}" if total else "<progress></progress>"
+    return f"<div class='zs-banner'>⏳ {html.escape(message)} {bar}</div>"
 
 
 def info_markdown(service: SearchService) -> str:
@@ -154,10 +182,10 @@ def info_markdown(service: SearchService) -> str:
             return "**Model:** not loaded: startup failed (see the message above)."
         return "**Model:** loading…"
     warn = " ⚠️ **random weights: results are meaningless (test mode)**" if d["random_weights"] else ""
-    if d.get("prompts"):
-        prompts = f"`{Path(str(d['prompts'])).name}` (sha256 {str(d.get('prompts_sha256'))[:12]}, {d.get('spec')})"
+    if len(d["modes"]) > 1:
+        prompts = " · ".join(f"{m['label']}: {_prompts_text(m)}" for m in d["modes"])
     else:
-        prompts = "none (plain CLIP, no learned prompts)"
+        prompts = _prompts_text(d)
     query = f" · sketch queries: `{d['query_path']}`" if d.get("query_path") else ""
     if "photos" in d:
         skipped = f" ({d['skipped']} unreadable files skipped)" if d.get("skipped") else ""
@@ -168,21 +196,29 @@ def info_markdown(service: SearchService) -> str:
             f"**Gallery:** {gallery}")
 
 
+def _prompts_text(d: dict[str, Any]) -> str:
+    if d.get("prompts"):
+        return f"`{Path(str(d['prompts'])).name}` (sha256 {str(d.get('prompts_sha256'))[:12]}, {d.get('spec')})"
+    if d.get("phase") not in (None, "ready") and "spec" not in d:
+        return "being loaded"
+    return "none (plain CLIP, no learned prompts)"
+
+
 GalleryItems = list[tuple[str, str]]
 SearchView = tuple[GalleryItems, Image.Image | None, str, list[dict[str, Any]], Any]
 
 
-def render_search(outcome: SearchOutcome, sketch: Any) -> SearchView:
-    """(results gallery, model's view, status line, hits state, sketch state)."""
+def render_search(outcome: SearchOutcome, sketch: Any, mode: str | None = None) -> SearchView:
+    """(results gallery, model's view, status line, hits state, sketch state). `mode`: the mode searched."""
     if outcome.kind == "empty":
         return [], None, EMPTY_HINT, [], sketch
     if outcome.kind != "ok":
         icon = "⏳" if outcome.kind == "not_ready" and "Still" in outcome.message else "⚠️"
         return [], None, f"{icon} {outcome.message}", [], sketch
     items = [(str(hit.thumbnail), f"{hit.score:.3f} · {hit.name}") for hit in outcome.hits]
-    hits = [{"name": hit.name, "photo": str(hit.photo), "thumbnail": str(hit.thumbnail), "score": hit.score}
-            for hit in outcome.hits]
-    return items, outcome.preview, f"{outcome.message} Click a result to see the photo.", hits, sketch
+    hits = [{"name": hit.name, "photo": str(hit.photo), "thumbnail": str(hit.thumbnail), "score": hit.score,
+             "mode": mode} for hit in outcome.hits]
+    return items, outcome.preview, f"{outcome.message} Click a result to see why it matched.", hits, sketch
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,40 +231,67 @@ def build_demo(service: SearchService) -> gr.Blocks:
     if service.engine is not None:
         gr.set_static_paths([service.engine.gallery.thumbs_dir])
 
-    def run_search(sketch: Any, k: float | None, text: str | None, text_weight: float | None) -> SearchView:
-        return render_search(service.search(sketch, int(k or cfg.default_k), text, text_weight), sketch)
+    modes = service.modes
+    choices = [(service.mode(name).label, name) for name in modes]
+
+    def run_search(sketch: Any, k: float | None, text: str | None, text_weight: float | None,
+                   mode: str | None) -> SearchView:
+        outcome = service.search(sketch, int(k or cfg.default_k), text, text_weight, mode or None)
+        if outcome.kind == "ok" and len(modes) > 1:
+            outcome.message = f"{outcome.message[:-1]} ({service.mode(mode).label})."
+        return render_search(outcome, sketch, mode or modes[0])
 
     def search(sketch: str | None, k: float | None = None, text: str | None = None,
-               text_weight: float | None = None) -> SearchView:
-        """The canvas endpoint: strokes JSON only (a string from the browser is never opened as a server path)."""
+               text_weight: float | None = None, mode: str | None = None) -> SearchView:
+        """The canvas endpoint: strokes JSON only (a string from the browser is never opened as a server path).
+        `mode`: one of the served modes (category = this kind of thing, fine_grained = this exact one; plain)."""
         if not sketch or not sketch.strip():
             return [], None, EMPTY_HINT, [], None
         if not is_strokes_value(sketch):
             return ([], None, "⚠️ /search takes the canvas's strokes as JSON ({\"width\", \"height\", \"strokes\"}); "
                     "send a picture of a sketch to /search_upload instead.", [], None)
-        return run_search(sketch, k, text, text_weight)
+        return run_search(sketch, k, text, text_weight, mode)
 
     def search_upload(path: str | None, k: float | None = None, text: str | None = None,
-                      text_weight: float | None = None) -> SearchView:
+                      text_weight: float | None = None, mode: str | None = None) -> SearchView:
         if not path:
             return [], None, EMPTY_HINT, [], None
-        return run_search(str(path), k, text, text_weight)
+        return run_search(str(path), k, text, text_weight, mode)
 
-    def rerun(sketch: Any, k: float | None, text: str | None, weight: float | None) -> SearchView:
-        return run_search(sketch, k, text, weight) if sketch else ([], None, EMPTY_HINT, [], None)
+    def rerun(sketch: Any, k: float | None, text: str | None, weight: float | None, mode: str | None) -> SearchView:
+        return run_search(sketch, k, text, weight, mode) if sketch else ([], None, EMPTY_HINT, [], None)
 
-    def show_photo(hits: list[dict[str, Any]], evt: gr.SelectData) -> tuple[Image.Image | None, str]:
+    def explained(outcome: Any, title: str) -> tuple[Image.Image | None, str]:
+        if outcome.kind != "ok":
+            return None, f"{title}  \n⚠️ {outcome.message}"
+        return outcome.image, f"{title}  \n**Why this photo:** {outcome.message}"
+
+    def show_photo(hits: list[dict[str, Any]], sketch: Any, evt: gr.SelectData) -> tuple[Image.Image | None, str]:
+        """A click on a result: the photo with the similarity map of the sketch that found it."""
         index = evt.index if isinstance(evt.index, int) else None
         if index is None or not 0 <= index < len(hits):
             return None, ""
         hit = hits[index]
         from zsdemo.gallery import Hit
 
+        found = Hit(hit["name"], Path(hit["photo"]), Path(hit["thumbnail"]), hit["score"])
+        title = f"**#{index + 1} · {hit['name']}** · similarity {hit['score']:.3f}"
+        if len(modes) > 1:
+            title += f" · {service.mode(hit.get('mode')).label}"
+        if sketch:
+            return explained(service.explain(found, sketch, hit.get("mode")), title)
         try:
-            photo = service.photo(Hit(hit["name"], Path(hit["photo"]), Path(hit["thumbnail"]), hit["score"]))
+            return service.photo(found), title
         except ZsdemoError as exc:
             return None, f"⚠️ {exc}"
-        return photo, f"**#{index + 1} · {hit['name']}** · similarity {hit['score']:.3f}"
+
+    def explain(sketch: str | None, photo: str | None, mode: str | None = None) -> tuple[Image.Image | None, str]:
+        """Why a photo matched: the canvas's strokes JSON, a photo's name as /search captions give it (after the
+        " · "), and the mode. Returns the photo with the similarity map over it, and a caption."""
+        if not sketch or not is_strokes_value(sketch):
+            return None, "⚠️ /explain takes the canvas's strokes as JSON, as /search does."
+        name = (photo or "").split(" · ")[-1].strip()
+        return explained(service.explain(name, sketch, mode or None), f"**{name}**")
 
     def add(files: list[str] | None, progress: gr.Progress = gr.Progress()) -> tuple[str, str]:  # noqa: B008
         def report(done: int, total: int, message: str) -> None:
@@ -242,11 +305,14 @@ def build_demo(service: SearchService) -> gr.Blocks:
         return message, info_markdown(service)
 
     def poll() -> tuple[str, str, gr.Timer]:
-        return banner_html(service), info_markdown(service), gr.Timer(active=not service.status.settled)
+        return banner_html(service), info_markdown(service), gr.Timer(active=not service.settled)
 
     with gr.Blocks(title="Sketch search", delete_cache=(3600, 3600)) as demo:
         gr.Markdown("# ✏️ Sketch search\nDraw a rough sketch; the photos that match it appear as you draw.")
         banner = gr.HTML(banner_html(service), elem_id="zs-banner")
+        mode = gr.Radio(choices, value=modes[0], label="Search for", elem_id="zs-mode", visible=len(modes) > 1,
+                        info="“This kind of thing”: photos of the same category. “This exact one”: the photo of "
+                             "this very object (fine-grained).")
         with gr.Row():
             with gr.Column(scale=3):
                 with gr.Tabs():
@@ -264,12 +330,15 @@ def build_demo(service: SearchService) -> gr.Blocks:
                 preview = gr.Image(label="what the model sees", type="pil", format="png", interactive=False,
                                    height=240, elem_id="zs-preview")
                 status = gr.Markdown(EMPTY_HINT, elem_id="zs-status")
-        gr.Markdown("**Results** (similarity · file); click one to see the photo.")
+        gr.Markdown("**Results** (similarity · file); click one to see why it matched.")
         results = gr.Gallery(label="results", show_label=False, columns=6, height="auto", object_fit="cover",
                              allow_preview=False, elem_id="zs-results")
         with gr.Row():
             large = gr.Image(label="Photo", type="pil", format="jpeg", interactive=False, elem_id="zs-large")
-            large_caption = gr.Markdown()
+            large_caption = gr.Markdown(elem_id="zs-why")
+        with gr.Row(visible=False):  # inputs of the /explain API endpoint only
+            explain_sketch = gr.Textbox(label="sketch")
+            explain_photo = gr.Textbox(label="photo")
         with gr.Accordion("Add your own photos", open=False):
             photos = gr.File(label="Photos", file_count="multiple", file_types=list(PHOTO_EXTENSIONS), type="filepath")
             add_button = gr.Button("Add to the gallery")
@@ -285,17 +354,21 @@ def build_demo(service: SearchService) -> gr.Blocks:
 
         # Newest sketch wins: with trigger_mode="always_last", strokes made while a search runs collapse
         # into one follow-up search of the latest drawing.
-        sketch.change(search, [sketch, k, text, weight], outputs, api_name="search", trigger_mode="always_last",
+        sketch.change(search, [sketch, k, text, weight, mode], outputs, api_name="search", trigger_mode="always_last",
                       **search_kw)
-        upload.change(search_upload, [upload, k, text, weight], outputs, api_name="search_upload",
+        upload.change(search_upload, [upload, k, text, weight, mode], outputs, api_name="search_upload",
                       trigger_mode="always_last", **search_kw)
-        for trigger in (k.release, text.submit, weight.release):
-            trigger(rerun, [current, k, text, weight], outputs, trigger_mode="always_last", **private)
-        results.select(show_photo, hits, [large, large_caption], api_visibility="private")
+        for trigger in (k.release, text.submit, weight.release, mode.change):
+            trigger(rerun, [current, k, text, weight, mode], outputs, trigger_mode="always_last", **private)
+        mode.change(lambda: (None, ""), None, [large, large_caption], api_visibility="private", queue=False)
+        results.select(show_photo, [hits, current], [large, large_caption], api_visibility="private",
+                       concurrency_id="search", concurrency_limit=cfg.concurrency)
+        explain_photo.submit(explain, [explain_sketch, explain_photo, mode], [large, large_caption],
+                             api_name="explain", concurrency_id="search", concurrency_limit=cfg.concurrency)
         add_button.click(add, photos, [add_status, info], api_name="add_photos", concurrency_limit=1,
-                         concurrency_id="index").then(rerun, [current, k, text, weight], outputs, **private)
+                         concurrency_id="index").then(rerun, [current, k, text, weight, mode], outputs, **private)
 
-        timer = gr.Timer(0.5, active=not service.status.settled)
+        timer = gr.Timer(0.5, active=not service.settled)
         timer.tick(poll, None, [banner, info, timer], api_visibility="private", queue=False)
         demo.load(lambda: (banner_html(service), info_markdown(service)), None, [banner, info],
                   api_visibility="private", queue=False)
@@ -311,11 +384,23 @@ def launch_kwargs(config: ServeConfig) -> dict[str, Any]:
             "footer_links": ["api", "gradio"]}
 
 
+def check_prompt_flags(config: ServeConfig) -> None:
+    """Refuse, before anything loads, a checkpoint given to the wrong flag (the message names the right one)."""
+    for name, spec in ((CATEGORY, config.prompts), (FINE_GRAINED, config.fine_grained_prompts)):
+        if spec:
+            check_prompt_kind(resolve_hub_file(spec), name)
+    log.info("Modes: %s (%s)", ", ".join(served_modes(config)),
+             ", ".join(f"{flag} {spec}" for (flag, _), spec in ((MODE_FLAGS[CATEGORY], config.prompts),
+                                                                 (MODE_FLAGS[FINE_GRAINED], config.fine_grained_prompts))
+                       if spec) or "plain CLIP")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     quiet_dropped_connections()
     try:
         config = parse_args(argv)
+        check_prompt_flags(config)
     except ZsdemoError as exc:
         raise SystemExit(f"error: {exc}") from None
     service = SearchService(config)

@@ -53,10 +53,10 @@ def test_demo_wiring(service):
     by_name = {fn.api_name: fn for fn in demo.fns.values() if fn.api_name}
     search = by_name["search"]
     assert search.trigger_mode == "always_last" and search.show_progress == "hidden"
-    assert [type(b).__name__ for b in search.inputs] == ["HTML", "Slider", "Textbox", "Slider"]
+    assert [type(b).__name__ for b in search.inputs] == ["HTML", "Slider", "Textbox", "Slider", "Radio"]
     assert search.inputs[0].elem_id == "zs-sketch"
     public = {fn.api_name for fn in demo.fns.values() if fn.api_visibility == "public"}
-    assert public == {"search", "search_upload", "add_photos"}
+    assert public == {"search", "search_upload", "add_photos", "explain"}
     assert demo._queue.max_size == service.config.queue_size  # bounded queue
     assert search.concurrency_limit == service.config.concurrency
 
@@ -66,7 +66,7 @@ def test_canvas_endpoint_through_process_api(service):
     demo = app.build_demo(service)
     fn = next(f for f in demo.fns.values() if f.api_name == "search")
     value = canvas_value("circle")
-    out = asyncio.run(demo.process_api(block_fn=fn, inputs=[value, 4, "", 0.0], state=None))
+    out = asyncio.run(demo.process_api(block_fn=fn, inputs=[value, 4, "", 0.0, "plain"], state=None))
     gallery, preview, status = out["data"][:3]
     assert len(gallery) == 4 and preview is not None and "4 best of" in status
     assert [item["caption"] for item in gallery] == [f"{h.score:.3f} · {h.name}" for h in service.search(value, 4).hits]

@@ -54,7 +54,8 @@ def test_api_exposes_search(client):
     api = client.view_api(return_format="dict", print_info=False)
     assert "/search" in api["named_endpoints"] and "/add_photos" in api["named_endpoints"]
     params = [p["parameter_name"] for p in api["named_endpoints"]["/search"]["parameters"]]
-    assert params == ["sketch", "k", "text", "text_weight"]
+    assert params == ["sketch", "k", "text", "text_weight", "mode"]  # mode last, with a default: old clients work
+    assert "/explain" in api["named_endpoints"]
 
 
 def test_search_endpoint_returns_ranked_results(served, client, tmp_path):
