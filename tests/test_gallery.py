@@ -318,3 +318,39 @@ def test_gallery_create_is_the_public_constructor(tmp_path, tiny_encoder):
     reopened = Gallery.open(tmp_path / "c", tiny_encoder)
     assert len(reopened) == 3 and reopened.search(vectors[2], 1)[0].name == paths[2].name
     assert made.generation_dir == reopened.generation_dir
+
+
+# ---- scale: memory-mapped generations, the index chosen at build time -------------------------------------
+def test_generations_are_memory_mapped_and_searched_in_place(tmp_path, tiny_encoder):
+    make_photos(tmp_path / "p", 6)
+    gallery, _ = Gallery.build([tmp_path / "p"], tmp_path / "c", tiny_encoder)
+    reopened = Gallery.open(tmp_path / "c", tiny_encoder)
+    for g in (gallery, reopened):
+        assert isinstance(g.embeddings, np.memmap) and not g.embeddings.flags.writeable
+    hits = reopened.search(reopened.embeddings[4], 3)
+    assert hits[0].name == reopened.entries[4].name and hits[0].score == pytest.approx(1.0, abs=1e-5)
+    # a reader keeps a working gallery after an update removes its generation (the map outlives the file)
+    make_photos(tmp_path / "p", 2, start=30)
+    updated, _ = Gallery.build([tmp_path / "p"], tmp_path / "c", tiny_encoder)
+    assert not reopened.generation_dir.exists() and len(updated) == 8
+    assert reopened.search(reopened.embeddings[1], 1)[0].name == reopened.entries[1].name
+
+
+def test_the_index_choice_and_tuned_search_k_are_recorded_at_build(tmp_path, tiny_encoder):
+    make_photos(tmp_path / "p", 40)
+    budget = IndexConfig(min_annoy_items=10, latency_budget_ms=0.0, n_trees=5)  # any exact search is "too slow"
+    gallery, _ = Gallery.build([tmp_path / "p"], tmp_path / "c", tiny_encoder, index_cfg=budget)
+    manifest = gallery.manifest
+    assert manifest["index"] == "annoy" and gallery.backend == "annoy"
+    assert manifest["exact_ms_estimate"] > 0 and manifest["latency_budget_ms"] == 0.0
+    assert manifest["search_k"] >= 1000 and manifest["tuned_recall_at_10"] >= 0.95 and manifest["n_trees"] == 5
+    # reopened with the default config on (say) a faster machine: the builder's measured choice stands
+    reopened = Gallery.open(tmp_path / "c", tiny_encoder)
+    assert reopened.backend == "annoy" and reopened._annoy.search_k == manifest["search_k"]
+    exact = Gallery.open(tmp_path / "c", tiny_encoder, IndexConfig(annoy_threshold=10**6))
+    assert exact.backend == "exact", "an explicit threshold still overrides"
+    for row in range(0, 40, 9):
+        assert reopened.search(exact.embeddings[row], 1)[0].name == exact.search(exact.embeddings[row], 1)[0].name
+    # small galleries stay exact under the default budget (min_annoy_items)
+    small, _ = Gallery.build([tmp_path / "p"], tmp_path / "c2", tiny_encoder)
+    assert small.backend == "exact" and "exact_ms_estimate" not in small.manifest
