@@ -268,7 +268,7 @@ def run(model: str, pretrained: str, prompts: str | None = None, query_precision
         if key in notes:
             print(f"   {key}: {notes[key]}")
     if "onnx_build_s" in results:
-        print(f"   ONNX export + two int8 quantisations: {results['onnx_build_s']:.1f} s (first load only; cached after)")
+        print(f"   ONNX files (export + two int8 quantisations, or reused from --cache-dir) and sessions: {results['onnx_build_s']:.1f} s")
 
     # -- 2. what auto picks here, and its cost at load -------------------------------------------------
     probe = encoder._probe_images()
