@@ -42,6 +42,7 @@ from zsdemo.weblog import quiet_dropped_connections
 log = logging.getLogger("zsdemo.app")
 
 CANVAS_SIZE = 448
+SHOWN_PHOTO_SIDE = 384  # a clicked photo smaller than this is enlarged on the page, so its map can be read
 BRUSH_SIZE = 4
 EMPTY_HINT = "✏️ Draw something (or upload a sketch): results appear after each stroke."
 
@@ -261,10 +262,14 @@ def build_demo(service: SearchService) -> gr.Blocks:
     def rerun(sketch: Any, k: float | None, text: str | None, weight: float | None, mode: str | None) -> SearchView:
         return run_search(sketch, k, text, weight, mode) if sketch else ([], None, EMPTY_HINT, [], None)
 
-    def explained(outcome: Any, title: str) -> tuple[Image.Image | None, str]:
+    def explained(outcome: Any, title: str, for_page: bool = False) -> tuple[Image.Image | None, str]:
         if outcome.kind != "ok":
             return None, f"{title}  \n⚠️ {outcome.message}"
-        return outcome.image, f"{title}  \n**Why this photo:** {outcome.message}"
+        image = outcome.image
+        if for_page and max(image.size) < SHOWN_PHOTO_SIDE:  # small photos: enlarged on the page (API: photo's size)
+            scale = SHOWN_PHOTO_SIDE / max(image.size)
+            image = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.LANCZOS)
+        return image, f"{title}  \n**Why this photo:** {outcome.message}"
 
     def show_photo(hits: list[dict[str, Any]], sketch: Any, evt: gr.SelectData) -> tuple[Image.Image | None, str]:
         """A click on a result: the photo with the similarity map of the sketch that found it."""
@@ -279,7 +284,7 @@ def build_demo(service: SearchService) -> gr.Blocks:
         if len(modes) > 1:
             title += f" · {service.mode(hit.get('mode')).label}"
         if sketch:
-            return explained(service.explain(found, sketch, hit.get("mode")), title)
+            return explained(service.explain(found, sketch, hit.get("mode")), title, for_page=True)
         try:
             return service.photo(found), title
         except ZsdemoError as exc:
@@ -334,7 +339,8 @@ def build_demo(service: SearchService) -> gr.Blocks:
         results = gr.Gallery(label="results", show_label=False, columns=6, height="auto", object_fit="cover",
                              allow_preview=False, elem_id="zs-results")
         with gr.Row():
-            large = gr.Image(label="Photo", type="pil", format="jpeg", interactive=False, elem_id="zs-large")
+            large = gr.Image(label="Why this photo: similarity to your sketch", type="pil", format="jpeg",
+                             interactive=False, elem_id="zs-large")
             large_caption = gr.Markdown(elem_id="zs-why")
         with gr.Row(visible=False):  # inputs of the /explain API endpoint only
             explain_sketch = gr.Textbox(label="sketch")

@@ -222,3 +222,67 @@ def test_touch_draws_on_a_phone_and_gets_results(browser_app):
         page.screenshot(path=str(ARTIFACTS / "browser-touch.png"), full_page=True)
     finally:
         context.close()
+
+
+@pytest.fixture(scope="module")
+def modes_app(browser_app, tmp_path_factory):
+    """An app serving both modes, with prompts trained by train/fit.py on the tiny configs (tests/test_modes.py)."""
+    from tests.test_modes import trained_prompts
+
+    category, fine, photos = trained_prompts(tmp_path_factory.getbasetemp() / "trained-prompts")
+    config = ServeConfig(galleries=[str(photos)], cache=str(tmp_path_factory.mktemp("modes") / "cache"), model=TINY_MODEL,
+                         pretrained="none", prompts=str(category), fine_grained_prompts=str(fine), query_precision="fp32")
+    backend = SearchService(config)
+    backend.prepare()
+    assert backend.wait_all(0), backend.describe()
+    demo = app.build_demo(backend)
+    _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True,
+                            **{**app.launch_kwargs(config), "server_name": "127.0.0.1", "server_port": None})
+    page = browser_app[3].new_page(viewport={"width": 1280, "height": 1100})
+    page.set_default_timeout(30_000)
+    try:
+        yield page, url, backend
+    finally:
+        page.close()
+        demo.close()
+
+
+def test_switch_modes_and_see_why_a_photo_matched(modes_app):
+    """Both modes in the page: the switch re-runs the current sketch in the other mode; a click on a result shows the
+    similarity map over the photo with its caption. The last screenshot is the README's picture (docs/modes.png)."""
+    page, url, backend = modes_app
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.goto(url)
+    page.wait_for_selector("#zs-sketch canvas")
+    switch = page.locator("#zs-mode")
+    assert switch.is_visible()
+    assert "Find this kind of thing" in switch.inner_text() and "Find this exact one" in switch.inner_text()
+    canvas = Canvas(page)
+    canvas.stroke((0.3, 0.3), (0.7, 0.3), (0.7, 0.7), (0.3, 0.7), (0.3, 0.3))
+    wait_for(lambda: len(captions(page)) == 12 and "(Find this kind of thing)" in page.inner_text("#zs-status"),
+             what="category-level results")
+    kind = captions(page)
+    assert "best of 61 photos in" in page.inner_text("#zs-status")
+    page.screenshot(path=str(ARTIFACTS / "browser-mode-category.png"), full_page=True)
+
+    switch.get_by_text("Find this exact one").click()  # no new stroke: the switch re-runs the same sketch
+    wait_for(lambda: "(Find this exact one)" in page.inner_text("#zs-status") and len(captions(page)) == 12,
+             what="fine-grained results after the switch")
+    exact = captions(page)
+    assert exact != kind
+
+    page.locator("#zs-results img").first.click()
+    page.wait_for_selector("#zs-large img")
+    wait_for(lambda: "not a segmentation" in page.inner_text("#zs-why"), what="the why-this-photo caption")
+    why = page.inner_text("#zs-why")
+    assert exact[0].split(" · ")[1] in why and "Find this exact one" in why and "Why this photo" in why
+    page.locator("#zs-large").scroll_into_view_if_needed()
+    page.screenshot(path=str(ARTIFACTS / "browser-modes-why.png"), full_page=True)
+    assert (ARTIFACTS / "browser-modes-why.png").stat().st_size > 10_000
+    docs = ARTIFACTS.parent / "docs"
+    if docs.is_dir():
+        shutil.copyfile(ARTIFACTS / "browser-modes-why.png", docs / "modes.png")
+
+    switch.get_by_text("Find this kind of thing").click()  # back: the same results as before, the map cleared
+    wait_for(lambda: "(Find this kind of thing)" in page.inner_text("#zs-status") and captions(page) == kind,
+             what="category-level results again")
