@@ -627,7 +627,7 @@ def select_query_path(prompted: PromptedViT, requested: str = AUTO, *, probe_ima
     fns = {name: (lambda m=m: m(one, "sketch")) for name, m in timed.items()}
     if len(fns) > 1 or table["fp32"].ms is None:
         with torch.inference_mode():
-            times = time_interleaved(fns, repeats, warmup=1, budget_s=budget_s)
+            times = time_interleaved(fns, repeats, warmup=0, budget_s=budget_s, min_repeats=2)  # warmed by the probe check
         for name, t in times.items():
             table[name].ms = float(np.median(t))
     if requested_name == AUTO:
