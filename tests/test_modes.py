@@ -255,3 +255,47 @@ def test_api_search_and_explain_take_the_mode(both, client):
     with Image.open(image) as overlay:
         assert overlay.size == (96, 64)
     assert client.predict(sketch, "/etc/passwd", CATEGORY, api_name="/explain")[0] is None
+
+
+@pytest.mark.slow
+def test_python_app_py_with_both_prompt_files(prompts, tmp_path):
+    """`python app.py --prompts CAT` with the fine-grained file from the environment (as a Space sets it): both modes
+    come up, the second after the first, and /search answers in each."""
+    import socket
+    import time
+
+    from gradio_client import Client
+
+    category, fine, photos = prompts
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "ZSDEMO_MODEL": TINY_MODEL, "ZSDEMO_PRETRAINED": "none", "GRADIO_SERVER_PORT": str(port),
+           "ZSDEMO_FINE_GRAINED_PROMPTS": str(fine), "ZSDEMO_QUERY_PRECISION": "fp32", "HF_HUB_OFFLINE": "1",
+           "GRADIO_ANALYTICS_ENABLED": "False"}
+    cmd = [sys.executable, str(ROOT / "app.py"), "--gallery", str(photos), "--cache", str(tmp_path / "cache"),
+           "--prompts", str(category), "--host", "127.0.0.1"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        end = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                client = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=False)
+                break
+            except Exception:
+                assert time.monotonic() < end, "app did not come up"
+                time.sleep(0.5)
+        sketch = canvas_value("circle")
+        for mode, label in ((CATEGORY, "Find this kind of thing"), (FINE_GRAINED, "Find this exact one")):
+            while True:
+                gallery, _, status = client.predict(sketch, 5, "", 0.0, mode, api_name="/search")
+                if gallery:
+                    break
+                assert "Still preparing" in status and time.monotonic() < end, status
+                time.sleep(0.5)
+            assert len(gallery) == 5 and "best of 61 photos in" in status and f"({label})" in status
+        assert (tmp_path / "cache" / "CURRENT").is_file() and (tmp_path / "cache" / "mode-fine_grained" / "CURRENT").is_file()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
