@@ -1,0 +1,331 @@
+"""Stroke-to-results in a real browser: Chromium (Playwright) draws on the launched app's canvas, per stroke.
+
+    python bench/browser.py                         # 10k-photo gallery, ViT-B/32 (random init), 12 strokes
+    python bench/browser.py --quick                 # smoke run: tiny model, 500 photos, 3 strokes
+    python bench/browser.py --url http://127.0.0.1:7860/ --strokes 20   # an app that is already running
+
+What it does:
+1. Builds a gallery cache: the starter photos (real images) indexed for real, enlarged with the public
+   `Gallery.create` to `--photos` entries (synthetic embeddings; every entry has a thumbnail file of its own,
+   so new results make the browser load new thumbnails, as with a real gallery).
+2. Starts `python app.py --cache DIR --model M --pretrained none` as a separate process on 127.0.0.1.
+3. Opens the page in Debian's Chromium (headless, same flags as tests/test_browser.py) with an init script
+   that timestamps, in the page's own clock (performance.now):
+     - pointer up (a capturing `pointerup` listener on the document),
+     - the search's POST /gradio_api/queue/join being sent and its {event_id} arriving (a `fetch` wrapper),
+     - every server-sent event of /gradio_api/queue/data as it arrives (the wrapper tees the stream):
+       `estimation` (queued), `process_starts` (a worker took it), `process_completed` (with Gradio's own
+       measure of the function's duration),
+     - the status line `#zs-status` changing to the new "N best of M photos in X ms" (a MutationObserver),
+     - results painted: every `#zs-results img` of the new results `complete` (checked each animation frame).
+4. Draws `--strokes` mouse strokes, one at a time at a human pace (each after the previous results are painted
+   plus `--pause` seconds), after `--warmup` strokes that are not counted.
+5. Prints one row per stroke, the p50 of every segment, the engine's own p50 (the "in X ms" of the app's
+   status line: the same strokes, measured inside the app) and, as the LAST line, the verdict:
+     browser_over_engine_p50=1.7 stroke_to_results_p50_ms=... engine_p50_ms=... cpu=... met=yes|no
+   (target: stroke-to-results p50 <= 2x the engine's own p50).
+Benchmarks, not tests: nothing is asserted; tests/test_bench_app.py only smoke-runs `--quick`.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import tempfile
+import time
+from typing import Any
+
+from bench.common import app_gallery, cpu_model, rss_mb, start_app, stop_app, verdict_cpu, wait_app_ready
+
+CHROMIUM = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+TARGET_RATIO = 2.0
+
+# Runs in the page before Gradio's own scripts. Only observes: the page's behaviour is unchanged.
+INSTRUMENT_JS = r"""
+(() => {
+  const Z = window.__zs = {ups: [], joins: [], msgs: [], paints: []};
+  document.addEventListener('pointerup', () => Z.ups.push(performance.now()), true);
+  const origFetch = window.fetch.bind(window);
+  function parseSSE(stream) {
+    const reader = stream.getReader(); const dec = new TextDecoder(); let buf = '';
+    (async () => {
+      for (;;) {
+        let r; try { r = await reader.read(); } catch (e) { return; }
+        if (r.done) return;
+        const t = performance.now(); buf += dec.decode(r.value, {stream: true});
+        let i;
+        while ((i = buf.indexOf('\n\n')) >= 0) {
+          const chunk = buf.slice(0, i); buf = buf.slice(i + 2);
+          for (const line of chunk.split('\n')) {
+            if (!line.startsWith('data:')) continue;
+            try {
+              const m = JSON.parse(line.slice(5));
+              Z.msgs.push({t, msg: m.msg, event_id: m.event_id || null,
+                           duration: m.output && typeof m.output.duration === 'number' ? m.output.duration : null});
+              if (m.msg === 'process_completed' && m.success) Z.expectPaint(m, t);
+            } catch (e) {}
+          }
+        }
+      }
+    })();
+  }
+  window.fetch = async function(input, init) {
+    const url = typeof input === 'string' ? input : (input && input.url) || String(input);
+    if (url.includes('/queue/join')) {
+      let fn = null, strokes = null;
+      try {
+        const body = JSON.parse(init && init.body);
+        fn = body.fn_index;
+        const v = body.data && body.data[0];
+        if (typeof v === 'string' && v.startsWith('{')) strokes = JSON.parse(v).strokes.length;
+      } catch (e) {}
+      const rec = {sent: performance.now(), fn, strokes, headers: null, acked: null, event_id: null};
+      Z.joins.push(rec);
+      const resp = await origFetch(input, init);
+      rec.headers = performance.now();
+      resp.clone().json().then(j => { rec.acked = performance.now(); rec.event_id = j.event_id; }).catch(() => {});
+      return resp;
+    }
+    if (url.includes('/queue/data')) {
+      const resp = await origFetch(input, init);
+      if (!resp.body) return resp;
+      const [mine, theirs] = resp.body.tee();
+      parseSSE(mine);
+      return new Response(theirs, {status: resp.status, statusText: resp.statusText, headers: resp.headers});
+    }
+    return origFetch(input, init);
+  };
+  // Results painted: from the result event on, each animation frame checks whether the page shows that
+  // result (its status line, and its thumbnails, all loaded); identical results count as shown at once.
+  function expectPaint(m, t) {
+    const data = (m.output && m.output.data) || [];
+    const status = data.find(v => typeof v === 'string' && / best of /.test(v));
+    if (!status) return;
+    const key = (status.match(/\d+ best of \d+ photos in \d+ ms/) || [status])[0];
+    const gallery = data.find(v => Array.isArray(v)) || [];
+    const names = gallery.map(g => String((g.image || g).url || (g.image || g).path || '').split('/').pop());
+    const e = {event_id: m.event_id, t, key, names, status_t: null};
+    const check = () => {
+      const el = document.querySelector('#zs-status');
+      if (e.status_t === null && el && el.textContent.includes(key)) e.status_t = performance.now();
+      const imgs = Array.from(document.querySelectorAll('#zs-results img'));
+      const shown = imgs.map(i => (i.currentSrc || i.src).split('/').pop());
+      if (e.status_t !== null && shown.join('|') === names.join('|') && imgs.every(i => i.complete && i.naturalWidth > 0)) {
+        const loaded = performance.now();
+        requestAnimationFrame(() => Z.paints.push({...e, loaded, framed: performance.now()}));
+        return;
+      }
+      if (performance.now() - t < 60000) requestAnimationFrame(check);
+    };
+    requestAnimationFrame(check);
+  }
+  Z.expectPaint = expectPaint;
+})();
+"""
+
+
+def pct(values: list[float], q: float) -> float:
+    import numpy as np
+
+    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+class Canvas:
+    def __init__(self, page: Any) -> None:
+        box = page.locator("#zs-sketch canvas").first.bounding_box()
+        if box is None:
+            raise SystemExit("the canvas is not visible")
+        self.page, self.side, self.x0, self.y0 = page, min(box["width"], box["height"]), box["x"], box["y"]
+
+    def stroke(self, points: list[tuple[float, float]], steps: int = 8) -> None:
+        mouse = self.page.mouse
+        mouse.move(self.x0 + points[0][0] * self.side, self.y0 + points[0][1] * self.side)
+        mouse.down()
+        for x, y in points[1:]:
+            mouse.move(self.x0 + x * self.side, self.y0 + y * self.side, steps=steps)
+        mouse.up()
+
+
+def stroke_points(i: int) -> list[tuple[float, float]]:
+    """A varied, deterministic stroke inside the canvas."""
+    import math
+
+    a = 0.9 * i
+    cx, cy = 0.5 + 0.3 * math.cos(a), 0.5 + 0.3 * math.sin(1.3 * a)
+    return [(min(0.95, max(0.05, cx + 0.18 * math.cos(a + t))), min(0.95, max(0.05, cy + 0.18 * math.sin(a + 1.7 * t))))
+            for t in (0.0, 0.8, 1.6, 2.4)]
+
+
+def collect(z: dict[str, Any], fn_search: int, first: int) -> list[dict[str, float]]:
+    """Per counted stroke: the page's timestamps (ms) turned into segments."""
+    joins = [j for j in z["joins"] if j["fn"] == fn_search]
+    rows = []
+    for i in range(first, len(z["ups"])):
+        up = z["ups"][i]
+        join = next((j for j in joins if j["sent"] >= up), None)
+        if join is None:
+            continue
+        paint = next((p for p in z["paints"] if p["event_id"] == join["event_id"]), None)
+        if paint is None:
+            continue
+        msgs = [m for m in z["msgs"] if m["event_id"] == join["event_id"]]
+
+        def at(kind: str, msgs: list[dict[str, Any]] = msgs) -> float | None:
+            return next((m["t"] for m in msgs if m["msg"] == kind), None)
+
+        starts, done = at("process_starts"), at("process_completed")
+        duration = next((m["duration"] for m in msgs if m["msg"] == "process_completed"), None)
+        engine = re.search(r" in (\d+) ms", paint["key"])
+        if starts is None or done is None or join["acked"] is None or engine is None:
+            continue
+        fn_ms = 1000.0 * duration if duration is not None else float("nan")
+        rows.append({
+            "stroke": i, "strokes_sent": join["strokes"],
+            "up_to_join_sent": join["sent"] - up,
+            "join_round_trip": join["acked"] - join["sent"],
+            "queue_wait": starts - join["acked"],
+            "server_run": done - starts,
+            "function": fn_ms,
+            "engine": float(engine.group(1)),
+            "done_to_status": paint["status_t"] - done,
+            "status_to_painted": paint["loaded"] - paint["status_t"],
+            "painted_frame": paint["framed"] - paint["loaded"],
+            "total": paint["framed"] - up,
+        })
+    return rows
+
+
+SEGMENTS = [("up_to_join_sent", "pointer up -> join sent (page JS)"),
+            ("join_round_trip", "join sent -> event id back (HTTP)"),
+            ("queue_wait", "event id back -> worker starts (queue, SSE open)"),
+            ("server_run", "worker starts -> result event in page"),
+            ("function", "  of which the function (Gradio's measure)"),
+            ("engine", "  of which the engine (status line)"),
+            ("done_to_status", "result event -> status line updated"),
+            ("status_to_painted", "status -> thumbnails loaded (img complete)"),
+            ("painted_frame", "thumbnails loaded -> next frame"),
+            ("total", "POINTER UP -> RESULTS PAINTED")]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--photos", type=int, default=10_000, help="gallery size (default 10000)")
+    p.add_argument("--strokes", type=int, default=12, help="strokes timed (default 12)")
+    p.add_argument("--warmup", type=int, default=2, help="strokes drawn first and not counted (default 2)")
+    p.add_argument("--pause", type=float, default=0.4, help="seconds between results painted and the next stroke")
+    p.add_argument("--model", default="ViT-B-32-quickgelu")
+    p.add_argument("--pretrained", default="none")
+    p.add_argument("--app-arg", action="append", default=[], help="extra argument for app.py (repeatable)")
+    p.add_argument("--url", help="drive an app that is already running (skips building and starting one)")
+    p.add_argument("--quick", action="store_true", help="smoke run: tiny model, 500 photos, 3 strokes, 1 warm-up")
+    p.add_argument("--json", type=Path, help="also write the rows and figures here")
+    p.add_argument("--keep", action="store_true", help="keep the work folder (cache, app log)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.model, args.photos, args.strokes, args.warmup = "zsdemo-tiny-vit", min(args.photos, 500), 3, 1
+    if not Path(CHROMIUM).is_file():
+        raise SystemExit(f"chromium not found at {CHROMIUM}: apt-get install chromium (or set CHROMIUM_PATH)")
+
+    work = Path(tempfile.mkdtemp(prefix="zsdemo-browser-"))
+    proc = None
+    try:
+        if args.url:
+            url = args.url
+        else:
+            from zsdemo.encoder import EncoderConfig, SketchPhotoEncoder
+
+            started = time.perf_counter()
+            encoder = SketchPhotoEncoder.load(EncoderConfig(model=args.model, pretrained=args.pretrained))
+            gallery = app_gallery(work / "cache", encoder, args.photos)
+            print(f"gallery: {len(gallery)} photos ({gallery.backend} search), built in "
+                  f"{time.perf_counter() - started:.1f} s", flush=True)
+            del encoder, gallery
+            proc, url = start_app(work / "cache", args.model, args.pretrained, work / "app.log", *args.app_arg)
+        client = wait_app_ready(url, proc)
+        fn_search = client.fn_index("search")
+        client.close()
+        print(f"app ready at {url}" + (f" (pid {proc.pid}, RSS {rss_mb(proc.pid):.0f} MiB)" if proc else ""), flush=True)
+        rows, z = drive(url, args.strokes, args.warmup, args.pause, fn_search)
+    finally:
+        stop_app(proc)
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print(f"work folder kept: {work}")
+    return report(rows, z, args)
+
+
+def drive(url: str, strokes: int, warmup: int, pause: float, fn_search: int) -> tuple[list[dict[str, float]], dict]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1600})
+            page.set_default_timeout(60_000)
+            page.add_init_script(INSTRUMENT_JS)
+            page.goto(url)
+            page.wait_for_selector("#zs-sketch canvas")
+            page.wait_for_timeout(500)
+            canvas = Canvas(page)
+            for i in range(warmup + strokes):
+                painted = page.evaluate("window.__zs.paints.length")
+                canvas.stroke(stroke_points(i))
+                page.wait_for_function(f"window.__zs.paints.length > {painted}", timeout=120_000)
+                page.wait_for_timeout(int(1000 * pause))
+            z = page.evaluate("window.__zs")
+        finally:
+            browser.close()
+    return collect(z, fn_search, warmup), z
+
+
+def report(rows: list[dict[str, float]], z: dict[str, Any], args: argparse.Namespace) -> int:
+    load = os.getloadavg()
+    print(f"\nmachine: {cpu_model()}, {os.cpu_count()} cores, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} "
+          "(shared machine: Chromium, the app and other jobs share these cores)")
+    print(f"model {args.model} ({args.pretrained}), gallery {args.photos} photos, {len(rows)} strokes timed "
+          f"of {args.strokes} (+{args.warmup} warm-up), Chromium headless on the same machine\n")
+    keys = ["up_to_join_sent", "join_round_trip", "queue_wait", "server_run", "function", "engine", "done_to_status",
+            "status_to_painted", "total"]
+    heads = ["up>join", "join rt", "queue", "server", "fn", "engine", "->status", "->imgs", "TOTAL"]
+    print("stroke  " + " ".join(h.rjust(9) for h in heads) + "   (ms, page clock)")
+    for r in rows:
+        print(f"{r['stroke']:>6}  " + " ".join(f"{r[k]:9.1f}" for k in keys))
+    if not rows:
+        print("no complete stroke records")
+        print(f"browser_over_engine_p50=nan stroke_to_results_p50_ms=nan engine_p50_ms=nan cpu={verdict_cpu()} met=no")
+        return 1
+    print("\np50 per segment (ms):")
+    figures: dict[str, Any] = {}
+    for key, label in SEGMENTS:
+        values = [r[key] for r in rows if r[key] == r[key]]
+        figures[key] = {"p50": pct(values, 50), "p95": pct(values, 95)}
+        print(f"  {label:<46} p50 {figures[key]['p50']:8.1f}   p95 {figures[key]['p95']:8.1f}")
+    total, engine = figures["total"]["p50"], figures["engine"]["p50"]
+    overhead = statistics.median(r["total"] - r["engine"] for r in rows)
+    print(f"\nstroke-to-results p50 {total:.0f} ms; the engine's own p50 {engine:.0f} ms (same strokes, inside the app); "
+          f"median overhead per stroke {overhead:.0f} ms")
+    ratio = total / max(engine, 1e-6)
+    met = "yes" if ratio <= TARGET_RATIO else "no"
+    if args.json:
+        args.json.write_text(json.dumps({"rows": rows, "figures": figures, "ratio": ratio, "load": load, "raw": z},
+                                        indent=1))
+    print(f"browser_over_engine_p50={ratio:.2f} stroke_to_results_p50_ms={total:.0f} engine_p50_ms={engine:.0f} "
+          f"load1={load[0]:.1f} cpu={verdict_cpu()} met={met}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
