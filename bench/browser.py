@@ -98,6 +98,27 @@ INSTRUMENT_JS = r"""
       resp.clone().json().then(j => { rec.acked = performance.now(); rec.event_id = j.event_id; }).catch(() => {});
       return resp;
     }
+    if (url.includes('/run/predict')) {  // an event with queue=False: one POST, the result in its response
+      let fn = null, strokes = null;
+      try {
+        const body = JSON.parse(init && init.body);
+        fn = body.fn_index;
+        const v = body.data && body.data[0];
+        if (typeof v === 'string' && v.startsWith('{')) strokes = JSON.parse(v).strokes.length;
+      } catch (e) {}
+      const rec = {sent: performance.now(), fn, strokes, headers: null, acked: null, event_id: 'direct-' + Z.joins.length,
+                   direct: true};
+      Z.joins.push(rec);
+      const resp = await origFetch(input, init);
+      rec.headers = performance.now();
+      resp.clone().json().then(j => {
+        rec.acked = performance.now();
+        const m = {msg: 'process_completed', event_id: rec.event_id, output: j, success: true};
+        Z.msgs.push({t: rec.acked, msg: m.msg, event_id: m.event_id, duration: typeof j.duration === 'number' ? j.duration : null});
+        Z.expectPaint(m, rec.acked);
+      }).catch(() => {});
+      return resp;
+    }
     if (url.includes('/queue/data')) {
       const resp = await origFetch(input, init);
       if (!resp.body) return resp;
@@ -134,6 +155,41 @@ INSTRUMENT_JS = r"""
   Z.expectPaint = expectPaint;
 })();
 """
+
+
+VARIANTS = {
+    "as-is": "app.py unchanged",
+    "no-preview": "the search returns no 'what the model sees' preview (no PNG encoded and sent per stroke)",
+    "queue-false": "the /search event with queue=False (one POST /run/predict, no queue join + event stream)",
+    "both": "no-preview and queue-false",
+}
+
+
+def serve_variant(variant: str, app_argv: list[str]) -> None:
+    """Run app.main(app_argv) with the experimental change `variant` patched in (app.py is not edited)."""
+    import gradio as gr
+
+    import app
+
+    if variant in ("no-preview", "both"):
+        render = app.render_search
+
+        def render_without_preview(*a: Any, **kw: Any) -> Any:
+            view = render(*a, **kw)
+            return (view[0], None, *view[2:])
+
+        app.render_search = render_without_preview
+    if variant in ("queue-false", "both"):
+        change = gr.HTML.change
+
+        def change_unqueued(self: Any, *a: Any, **kw: Any) -> Any:
+            if kw.get("api_name") == "search":
+                kw = {key: v for key, v in kw.items() if key not in ("concurrency_limit", "concurrency_id")}
+                kw["queue"] = False
+            return change(self, *a, **kw)
+
+        gr.HTML.change = change_unqueued  # type: ignore[method-assign]
+    app.main(app_argv)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -188,6 +244,8 @@ def collect(z: dict[str, Any], fn_search: int, first: int) -> list[dict[str, flo
         starts, done = at("process_starts"), at("process_completed")
         duration = next((m["duration"] for m in msgs if m["msg"] == "process_completed"), None)
         engine = re.search(r" in (\d+) ms", paint["key"])
+        if join.get("direct") and done is not None:  # queue=False: no queue, the response is the result
+            starts = join["acked"] = join["sent"]
         if starts is None or done is None or join["acked"] is None or engine is None:
             continue
         fn_ms = 1000.0 * duration if duration is not None else float("nan")
@@ -220,6 +278,10 @@ SEGMENTS = [("up_to_join_sent", "pointer up -> join sent (page JS)"),
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--serve-variant"]:  # internal: the app process of --variant (the rest is app.py's arguments)
+        serve_variant(argv[1], argv[2:])
+        return 0
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--photos", type=int, default=10_000, help="gallery size (default 10000)")
     p.add_argument("--strokes", type=int, default=12, help="strokes timed (default 12)")
@@ -229,101 +291,148 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pretrained", default="none")
     p.add_argument("--app-arg", action="append", default=[], help="extra argument for app.py (repeatable)")
     p.add_argument("--url", help="drive an app that is already running (skips building and starting one)")
+    p.add_argument("--cache", type=Path, help="gallery cache folder to reuse (built there first if missing)")
+    p.add_argument("--variant", default="as-is",
+                   help="comma-separated: run app.py with an experimental change patched in at launch (app.py itself "
+                        "is unchanged); with several, one app and one page each, strokes interleaved so all see the "
+                        "same machine load; the verdict is the first's. "
+                        + "; ".join(f"{k}: {v}" for k, v in VARIANTS.items()))
     p.add_argument("--quick", action="store_true", help="smoke run: tiny model, 500 photos, 3 strokes, 1 warm-up")
     p.add_argument("--json", type=Path, help="also write the rows and figures here")
     p.add_argument("--keep", action="store_true", help="keep the work folder (cache, app log)")
     args = p.parse_args(argv)
+    variants = [v.strip() for v in args.variant.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown or not variants:
+        p.error(f"unknown --variant {unknown}; choose from {', '.join(VARIANTS)}")
     if args.quick:
         args.model, args.photos, args.strokes, args.warmup = "zsdemo-tiny-vit", min(args.photos, 500), 3, 1
     if not Path(CHROMIUM).is_file():
         raise SystemExit(f"chromium not found at {CHROMIUM}: apt-get install chromium (or set CHROMIUM_PATH)")
 
     work = Path(tempfile.mkdtemp(prefix="zsdemo-browser-"))
-    proc = None
+    procs: list[Any] = []
     try:
+        apps: list[tuple[str, str, int]] = []
         if args.url:
-            url = args.url
+            variants = ["as-is"]
+            urls = [(variants[0], args.url, None)]
         else:
             from zsdemo.encoder import EncoderConfig, SketchPhotoEncoder
 
-            started = time.perf_counter()
-            encoder = SketchPhotoEncoder.load(EncoderConfig(model=args.model, pretrained=args.pretrained))
-            gallery = app_gallery(work / "cache", encoder, args.photos)
-            print(f"gallery: {len(gallery)} photos ({gallery.backend} search), built in "
-                  f"{time.perf_counter() - started:.1f} s", flush=True)
-            del encoder, gallery
-            proc, url = start_app(work / "cache", args.model, args.pretrained, work / "app.log", *args.app_arg)
-        client = wait_app_ready(url, proc)
-        fn_search = client.fn_index("search")
-        client.close()
-        print(f"app ready at {url}" + (f" (pid {proc.pid}, RSS {rss_mb(proc.pid):.0f} MiB)" if proc else ""), flush=True)
-        rows, z = drive(url, args.strokes, args.warmup, args.pause, fn_search)
+            cache = args.cache or work / "cache"
+            if not (cache / "CURRENT").is_file():
+                started = time.perf_counter()
+                encoder = SketchPhotoEncoder.load(EncoderConfig(model=args.model, pretrained=args.pretrained))
+                gallery = app_gallery(cache, encoder, args.photos)
+                print(f"gallery: {len(gallery)} photos ({gallery.backend} search), built in "
+                      f"{time.perf_counter() - started:.1f} s", flush=True)
+                del encoder, gallery
+            urls = []
+            for variant in variants:
+                launcher = None if variant == "as-is" else [sys.executable, __file__, "--serve-variant", variant]
+                proc, url = start_app(cache, args.model, args.pretrained, work / f"app-{variant}.log", *args.app_arg,
+                                      launcher=launcher)
+                procs.append(proc)
+                urls.append((variant, url, proc))
+        for variant, url, proc in urls:
+            client = wait_app_ready(url, proc)
+            apps.append((variant, url, client.fn_index("search")))
+            client.close()
+            print(f"app ({variant}: {VARIANTS[variant]}) ready at {url}"
+                  + (f" (pid {proc.pid}, RSS {rss_mb(proc.pid):.0f} MiB)" if proc else ""), flush=True)
+        results = drive(apps, args.strokes, args.warmup, args.pause)
     finally:
-        stop_app(proc)
+        for proc in procs:
+            stop_app(proc)
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
         else:
             print(f"work folder kept: {work}")
-    return report(rows, z, args)
+    return report(results, args)
 
 
-def drive(url: str, strokes: int, warmup: int, pause: float, fn_search: int) -> tuple[list[dict[str, float]], dict]:
+def drive(apps: list[tuple[str, str, int]], strokes: int, warmup: int,
+          pause: float) -> dict[str, tuple[list[dict[str, float]], dict]]:
+    """One page per app; stroke i is drawn on every page in turn (rotating the order). {variant: (rows, raw)}."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 1600})
-            page.set_default_timeout(60_000)
-            page.add_init_script(INSTRUMENT_JS)
-            page.goto(url)
-            page.wait_for_selector("#zs-sketch canvas")
-            page.wait_for_timeout(500)
-            canvas = Canvas(page)
+            pages = []
+            for _, url, _ in apps:
+                page = browser.new_page(viewport={"width": 1280, "height": 1600})
+                page.set_default_timeout(60_000)
+                page.add_init_script(INSTRUMENT_JS)
+                page.goto(url)
+                page.wait_for_selector("#zs-sketch canvas")
+                page.wait_for_timeout(500)
+                pages.append((page, Canvas(page)))
             for i in range(warmup + strokes):
-                painted = page.evaluate("window.__zs.paints.length")
-                canvas.stroke(stroke_points(i))
-                page.wait_for_function(f"window.__zs.paints.length > {painted}", timeout=120_000)
-                page.wait_for_timeout(int(1000 * pause))
-            z = page.evaluate("window.__zs")
+                order = list(range(len(pages)))
+                order = order[i % len(order):] + order[:i % len(order)]
+                for j in order:
+                    page, canvas = pages[j]
+                    page.bring_to_front()
+                    painted = page.evaluate("window.__zs.paints.length")
+                    canvas.stroke(stroke_points(i))
+                    page.wait_for_function(f"window.__zs.paints.length > {painted}", timeout=120_000)
+                    page.wait_for_timeout(int(1000 * pause))
+            raws = [page.evaluate("window.__zs") for page, _ in pages]
         finally:
             browser.close()
-    return collect(z, fn_search, warmup), z
+    return {variant: (collect(raw, fn, warmup), raw) for (variant, _, fn), raw in zip(apps, raws, strict=True)}
 
 
-def report(rows: list[dict[str, float]], z: dict[str, Any], args: argparse.Namespace) -> int:
-    load = os.getloadavg()
-    print(f"\nmachine: {cpu_model()}, {os.cpu_count()} cores, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} "
-          "(shared machine: Chromium, the app and other jobs share these cores)")
-    print(f"model {args.model} ({args.pretrained}), gallery {args.photos} photos, {len(rows)} strokes timed "
-          f"of {args.strokes} (+{args.warmup} warm-up), Chromium headless on the same machine\n")
+def segment_table(rows: list[dict[str, float]]) -> dict[str, Any]:
     keys = ["up_to_join_sent", "join_round_trip", "queue_wait", "server_run", "function", "engine", "done_to_status",
             "status_to_painted", "total"]
     heads = ["up>join", "join rt", "queue", "server", "fn", "engine", "->status", "->imgs", "TOTAL"]
     print("stroke  " + " ".join(h.rjust(9) for h in heads) + "   (ms, page clock)")
     for r in rows:
         print(f"{r['stroke']:>6}  " + " ".join(f"{r[k]:9.1f}" for k in keys))
-    if not rows:
-        print("no complete stroke records")
-        print(f"browser_over_engine_p50=nan stroke_to_results_p50_ms=nan engine_p50_ms=nan cpu={verdict_cpu()} met=no")
-        return 1
     print("\np50 per segment (ms):")
     figures: dict[str, Any] = {}
     for key, label in SEGMENTS:
         values = [r[key] for r in rows if r[key] == r[key]]
         figures[key] = {"p50": pct(values, 50), "p95": pct(values, 95)}
-        print(f"  {label:<46} p50 {figures[key]['p50']:8.1f}   p95 {figures[key]['p95']:8.1f}")
+        print(f"  {label:<50} p50 {figures[key]['p50']:8.1f}   p95 {figures[key]['p95']:8.1f}")
     total, engine = figures["total"]["p50"], figures["engine"]["p50"]
-    overhead = statistics.median(r["total"] - r["engine"] for r in rows)
+    figures["overhead_median"] = statistics.median(r["total"] - r["engine"] for r in rows)
+    figures["ratio"] = total / max(engine, 1e-6)
     print(f"\nstroke-to-results p50 {total:.0f} ms; the engine's own p50 {engine:.0f} ms (same strokes, inside the app); "
-          f"median overhead per stroke {overhead:.0f} ms")
-    ratio = total / max(engine, 1e-6)
-    met = "yes" if ratio <= TARGET_RATIO else "no"
+          f"median overhead per stroke {figures['overhead_median']:.0f} ms; ratio {figures['ratio']:.2f}")
+    return figures
+
+
+def report(results: dict[str, tuple[list[dict[str, float]], dict]], args: argparse.Namespace) -> int:
+    load = os.getloadavg()
+    print(f"\nmachine: {cpu_model()}, {os.cpu_count()} cores, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} "
+          "(shared machine: Chromium, the app and other jobs share these cores)")
+    print(f"model {args.model} ({args.pretrained}), gallery {args.photos} photos, {args.strokes} strokes timed "
+          f"(+{args.warmup} warm-up) per app, Chromium headless on the same machine")
+    figures: dict[str, Any] = {}
+    for variant, (rows, _) in results.items():
+        print(f"\n== app: {variant} ({VARIANTS[variant]}), {len(rows)} complete stroke records")
+        if rows:
+            figures[variant] = segment_table(rows)
+    if len(results) > 1:
+        print("\ncomparison (interleaved strokes, same machine load): "
+              + "; ".join(f"{v}: total p50 {f['total']['p50']:.0f} ms, engine p50 {f['engine']['p50']:.0f} ms, "
+                          f"overhead {f['overhead_median']:.0f} ms, ratio {f['ratio']:.2f}" for v, f in figures.items()))
+    first = next(iter(results))
     if args.json:
-        args.json.write_text(json.dumps({"rows": rows, "figures": figures, "ratio": ratio, "load": load, "raw": z},
-                                        indent=1))
-    print(f"browser_over_engine_p50={ratio:.2f} stroke_to_results_p50_ms={total:.0f} engine_p50_ms={engine:.0f} "
-          f"load1={load[0]:.1f} cpu={verdict_cpu()} met={met}")
+        args.json.write_text(json.dumps({"figures": figures, "load": load,
+                                         "rows": {v: r for v, (r, _) in results.items()},
+                                         "raw": {v: z for v, (_, z) in results.items()}}, indent=1))
+    if first not in figures:
+        print(f"browser_over_engine_p50=nan stroke_to_results_p50_ms=nan engine_p50_ms=nan cpu={verdict_cpu()} met=no")
+        return 1
+    f = figures[first]
+    met = "yes" if f["ratio"] <= TARGET_RATIO else "no"
+    print(f"browser_over_engine_p50={f['ratio']:.2f} stroke_to_results_p50_ms={f['total']['p50']:.0f} "
+          f"engine_p50_ms={f['engine']['p50']:.0f} app={first} load1={load[0]:.1f} cpu={verdict_cpu()} met={met}")
     return 0
 
 

@@ -226,13 +226,14 @@ def app_gallery(cache_dir: Path, encoder: Any, n: int, photos_dir: Path | None =
 
 
 def start_app(cache_dir: Path, model: str, pretrained: str, log_path: Path, *extra: str,
-              env: dict[str, str] | None = None) -> tuple[Any, str]:
-    """`python app.py --cache DIR ...` as a separate process on 127.0.0.1: (Popen, url)."""
+              env: dict[str, str] | None = None, launcher: list[str] | None = None) -> tuple[Any, str]:
+    """`python app.py --cache DIR ...` as a separate process on 127.0.0.1: (Popen, url). `launcher` replaces
+    `python app.py` (a wrapper that takes the same arguments)."""
     import subprocess
 
     root = Path(__file__).resolve().parents[1]
     port = free_port()
-    cmd = [sys.executable, str(root / "app.py"), "--cache", str(cache_dir), "--model", model, "--pretrained",
+    cmd = [*(launcher or [sys.executable, str(root / "app.py")]), "--cache", str(cache_dir), "--model", model, "--pretrained",
            pretrained, "--host", "127.0.0.1", "--port", str(port), *extra]
     proc = subprocess.Popen(cmd, cwd=root, env={**os.environ, **APP_ENV, **(env or {})},
                             stdout=log_path.open("w"), stderr=subprocess.STDOUT)
