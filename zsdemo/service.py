@@ -159,6 +159,8 @@ class SearchService:
         self._ready = threading.Event()
         self._all_ready = threading.Event()
         self._thread: threading.Thread | None = None
+        self._vectors: dict[tuple[str, str], Any] = {}  # (mode, sketch text) -> embedding, for explain()
+        self._vectors_lock = threading.Lock()
 
     # the first mode's encoder, engine and status (what a one-mode app has always had)
     encoder = property(lambda self: self._first.encoder, lambda self, value: setattr(self._first, "encoder", value))
@@ -400,6 +402,21 @@ class SearchService:
         entry = gallery.entries[row]
         return Hit(name=entry.name, photo=Path(entry.path), thumbnail=gallery.thumbs_dir / entry.thumb, score=0.0)
 
+    def _sketch_vector(self, mode: Mode, sketch: Any) -> Any:
+        """The sketch's embedding in `mode`; remembered for the last few sketches given as text (strokes JSON or an
+        upload's path), so clicking through the results of one sketch encodes it once."""
+        key = (mode.name, sketch) if isinstance(sketch, str) else None
+        with self._vectors_lock:
+            if key is not None and key in self._vectors:
+                return self._vectors[key]
+        vector = mode.encoder.encode_clean_sketches([clean_sketch(sketch, display_name="the sketch")])[0]
+        if key is not None:
+            with self._vectors_lock:
+                if len(self._vectors) >= 16:
+                    self._vectors.pop(next(iter(self._vectors)))
+                self._vectors[key] = vector
+        return vector
+
     def explain(self, photo: Hit | str, sketch: Any, mode: str | None = None) -> ExplainOutcome:
         """The similarity map between `sketch` and the patches of a gallery photo (a hit, or a photo name as hits
         give it), in `mode`, laid over the photo at its size (long side at most LARGE_PHOTO_SIDE)."""
@@ -416,8 +433,7 @@ class SearchService:
             return ExplainOutcome("error", f"No photo called {str(photo)[:200]!r} in the gallery.")
         started = time.perf_counter()
         try:
-            clean = clean_sketch(sketch, display_name="the sketch")
-            vector = served.encoder.encode_clean_sketches([clean])[0]
+            vector = self._sketch_vector(served, sketch)
             result = explain_photo(served.encoder, load_photo(hit.photo), vector, max_side=LARGE_PHOTO_SIDE)
         except EmptySketchError as exc:
             return ExplainOutcome("empty", str(exc))
