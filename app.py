@@ -11,6 +11,11 @@ The canvas is a small HTML/JS component of our own (`gr.HTML`): it draws on the 
 pen or touch, and after each stroke sends the strokes themselves (a few KB of JSON) instead of a PNG;
 the server draws them. Gradio's Sketchpad exported and uploaded the whole canvas before every search,
 which cost more than the search itself (README, "What was measured").
+
+Modes: with `--prompts CATEGORY.safetensors --fine-grained-prompts FG.safetensors` the page has a switch
+(`#zs-mode`: "Find this kind of thing" / "Find this exact one") that re-runs the current sketch; `/search`
+takes the mode as its last parameter (default: the first mode). Clicking a result shows the photo with the
+similarity map of the sketch to its patches (zsdemo.explain); `/explain` returns the same image.
 """
 
 from __future__ import annotations
