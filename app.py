@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import html
 import logging
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -233,16 +234,28 @@ def render_search(outcome: SearchOutcome, sketch: Any, mode: str | None = None) 
 def build_demo(service: SearchService) -> gr.Blocks:
     """The Blocks app around `service` (not launched; `main` and tests launch it)."""
     cfg = service.config
-    service.on_gallery = lambda gallery: gr.set_static_paths([gallery.thumbs_dir])
+    served: set[Path] = set()
+
+    def serve_thumbnails(gallery: Any) -> None:
+        # Once per folder: Gradio appends to its list, and checks every result file against every entry.
+        if Path(gallery.thumbs_dir) not in served:
+            served.add(Path(gallery.thumbs_dir))
+            gr.set_static_paths(sorted(served))
+
+    service.on_gallery = serve_thumbnails
     if service.engine is not None:
-        gr.set_static_paths([service.engine.gallery.thumbs_dir])
+        serve_thumbnails(service.engine.gallery)
+    # Drawn strokes skip Gradio's queue (its join + event-stream round trips cost ~100 ms a stroke, measured by
+    # bench/browser.py), so this semaphore is what keeps searches to `concurrency` at a time.
+    searching = threading.BoundedSemaphore(max(1, cfg.concurrency))
 
     modes = service.modes
     choices = [(service.mode(name).label, name) for name in modes]
 
     def run_search(sketch: Any, k: float | None, text: str | None, text_weight: float | None,
                    mode: str | None) -> SearchView:
-        outcome = service.search(sketch, int(k or cfg.default_k), text, text_weight, mode or None)
+        with searching:
+            outcome = service.search(sketch, int(k or cfg.default_k), text, text_weight, mode or None)
         if outcome.kind == "ok" and len(modes) > 1:
             outcome.message = f"{outcome.message[:-1]} ({service.mode(mode).label})."
         return render_search(outcome, sketch, mode or modes[0])
@@ -366,7 +379,7 @@ def build_demo(service: SearchService) -> gr.Blocks:
         # Newest sketch wins: with trigger_mode="always_last", strokes made while a search runs collapse
         # into one follow-up search of the latest drawing.
         sketch.change(search, [sketch, k, text, weight, mode], outputs, api_name="search", trigger_mode="always_last",
-                      **search_kw)
+                      show_progress="hidden", queue=False)
         upload.change(search_upload, [upload, k, text, weight, mode], outputs, api_name="search_upload",
                       trigger_mode="always_last", **search_kw)
         for trigger in (k.release, text.submit, weight.release, mode.change):

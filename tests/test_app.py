@@ -58,7 +58,8 @@ def test_demo_wiring(service):
     public = {fn.api_name for fn in demo.fns.values() if fn.api_visibility == "public"}
     assert public == {"search", "search_upload", "add_photos", "explain"}
     assert demo._queue.max_size == service.config.queue_size  # bounded queue
-    assert search.concurrency_limit == service.config.concurrency
+    # drawn strokes skip the queue (one HTTP round trip instead of three); uploads still queue
+    assert search.queue is False and by_name["search_upload"].concurrency_limit == service.config.concurrency
 
 
 def test_canvas_endpoint_through_process_api(service):
@@ -97,3 +98,30 @@ def test_prompt_checkpoint_is_loaded_and_shown(tmp_path):
     bad.prepare()
     assert bad.status.phase == "error" and "was trained for backbone" in bad.status.message
     assert "was trained for backbone" in app.banner_html(bad)
+
+
+def test_unqueued_search_still_runs_at_most_concurrency_at_once(service, monkeypatch):
+    import threading
+    import time
+
+    demo = app.build_demo(service)  # wraps service.search with the page's semaphore
+    fn = next(f for f in demo.fns.values() if f.api_name == "search").fn
+    running, peak, lock = [0], [0], threading.Lock()
+    search = service.search
+
+    def slow(*args, **kwargs):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.2)
+        with lock:
+            running[0] -= 1
+        return search(*args, **kwargs)
+
+    monkeypatch.setattr(service, "search", slow)
+    threads = [threading.Thread(target=fn, args=(canvas_value(),)) for _ in range(3 * service.config.concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert peak[0] == service.config.concurrency

@@ -139,3 +139,29 @@ def test_add_photos_indexes_persists_and_reports_rejects(service, tmp_path):
 def test_add_photos_before_ready_is_refused(tiny_encoder, tmp_path):
     s = SearchService(ServeConfig(cache=str(tmp_path)), encoder=tiny_encoder)
     assert "Still preparing" in s.add_photos([str(tmp_path / "x.png")]).message
+
+
+def test_uploads_are_indexed_gently_beside_searches(service, tmp_path, monkeypatch):
+    """Indexing an upload runs on its own low-priority thread with torch capped to index_threads."""
+    import os
+    import threading
+
+    import torch
+
+    seen: list[tuple[int, int, str]] = []
+    encode = service.encoder.encode_photos
+
+    def spying(photos):
+        seen.append((os.getpriority(os.PRIO_PROCESS, threading.get_native_id()), torch.get_num_threads(),
+                     threading.current_thread().name))
+        return encode(photos)
+
+    monkeypatch.setattr(service.encoder, "encode_photos", spying)
+    threads_before = torch.get_num_threads()
+    photo = tmp_path / "gentle.png"
+    Image.new("RGB", (48, 40), (10, 200, 30)).save(photo)
+    assert service.add_photos([str(photo)]).ok
+    assert seen and all(nice >= 10 and threads == service.config.index_threads and name == "zsdemo-index"
+                        for nice, threads, name in seen), seen
+    assert torch.get_num_threads() == threads_before
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) < 10  # the caller's thread is untouched

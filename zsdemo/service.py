@@ -13,7 +13,9 @@ the background. With no prompt file the one mode is "plain" CLIP.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -450,6 +452,34 @@ class SearchService:
         return photo
 
     # ---- add photos --------------------------------------------------------------------------
+    def _index_gently(self, work: Callable[[], Any]) -> Any:
+        """Run an indexing job while the page keeps serving searches: on its own thread at a lower CPU
+        priority (nice +10), with torch's intra-op threads capped to `config.index_threads`. The cap is
+        process-wide: a torch query path shares it meanwhile; ONNX Runtime query paths have their own pool."""
+        import torch
+
+        result: dict[str, Any] = {}
+
+        def run() -> None:
+            with contextlib.suppress(OSError, AttributeError):  # not every platform has per-thread priority
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+            try:
+                result["value"] = work()
+            except BaseException as exc:  # handed to the caller's thread below
+                result["error"] = exc
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(max(1, self.config.index_threads))
+        try:
+            worker = threading.Thread(target=run, name="zsdemo-index", daemon=True)
+            worker.start()
+            worker.join()
+        finally:
+            torch.set_num_threads(threads)
+        if "error" in result:
+            raise result["error"]
+        return result["value"]
+
     def add_photos(self, files: Sequence[str | Path] | None,
                    progress: Callable[[int, int, str], None] | None = None) -> AddOutcome:
         """Copy uploaded photos into the cache's uploads folder and index them."""
@@ -469,7 +499,8 @@ class SearchService:
             with self._write_lock:
                 started = time.perf_counter()
                 try:
-                    gallery, report = self.engine.gallery.add_photos(paths, self.encoder, progress=progress)
+                    gallery, report = self._index_gently(
+                        lambda: self.engine.gallery.add_photos(paths, self.encoder, progress=progress))
                 except ZsdemoError as exc:
                     return AddOutcome(False, str(exc), skipped=skipped)
                 self._serve(gallery)
@@ -478,7 +509,7 @@ class SearchService:
                     if mode.engine is None:
                         continue  # still being prepared: its build reads the first gallery's folders
                     try:
-                        self._serve(self._build_mode_gallery(mode), mode)
+                        self._serve(self._index_gently(lambda mode=mode: self._build_mode_gallery(mode)), mode)
                     except ZsdemoError as exc:
                         log.error("Mode %s did not take the new photos: %s", mode.name, exc)
                         self._set("error", str(exc), mode=mode)
