@@ -215,6 +215,18 @@ GalleryItems = list[tuple[str, str]]
 SearchView = tuple[GalleryItems, Image.Image | None, str, list[dict[str, Any]], Any]
 
 
+PREVIEW_SIDE = 224  # the model's input size: a larger preview shows nothing more and costs time per stroke
+
+
+def small_preview(image: Image.Image | None) -> Image.Image | None:
+    """The model's view of the sketch, at the model's own size (encoded and sent after every stroke)."""
+    if image is None:
+        return None
+    image = image.copy()
+    image.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE), Image.Resampling.BILINEAR)
+    return image
+
+
 def render_search(outcome: SearchOutcome, sketch: Any, mode: str | None = None) -> SearchView:
     """(results gallery, model's view, status line, hits state, sketch state). `mode`: the mode searched."""
     if outcome.kind == "empty":
@@ -225,7 +237,7 @@ def render_search(outcome: SearchOutcome, sketch: Any, mode: str | None = None) 
     items = [(str(hit.thumbnail), f"{hit.score:.3f} · {hit.name}") for hit in outcome.hits]
     hits = [{"name": hit.name, "photo": str(hit.photo), "thumbnail": str(hit.thumbnail), "score": hit.score,
              "mode": mode} for hit in outcome.hits]
-    return items, outcome.preview, f"{outcome.message} Click a result to see why it matched.", hits, sketch
+    return items, small_preview(outcome.preview), f"{outcome.message} Click a result to see why it matched.", hits, sketch
 
 
 # ---------------------------------------------------------------------------------------------
@@ -350,7 +362,7 @@ def build_demo(service: SearchService) -> gr.Blocks:
                     text = gr.Textbox(label="Text", placeholder="e.g. red  (press Enter)", max_length=200)
                     weight = gr.Slider(0.0, 1.0, value=0.0, step=0.05, label="Text weight (0 = sketch only)")
             with gr.Column(scale=1, min_width=220):
-                preview = gr.Image(label="what the model sees", type="pil", format="png", interactive=False,
+                preview = gr.Image(label="what the model sees", type="pil", format="jpeg", interactive=False,
                                    height=240, elem_id="zs-preview")
                 status = gr.Markdown(EMPTY_HINT, elem_id="zs-status")
         gr.Markdown("**Results** (similarity · file); click one to see why it matched.")
