@@ -62,20 +62,11 @@ def machine_line(info: dict[str, Any]) -> str:
 def interleaved(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 2, budget_s: float | None = None,
                 min_repeats: int = 5) -> dict[str, np.ndarray]:
     """Time each function `repeats` times, round-robin (rotating the order), in milliseconds; with `budget_s`,
-    stop once that many seconds have passed and at least `min_repeats` rounds are in (busy machines)."""
-    names = list(fns)
-    started = time.perf_counter()
-    for _ in range(warmup):
-        for name in names:
-            fns[name]()
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(repeats):
-        if budget_s is not None and r >= min_repeats and time.perf_counter() - started > budget_s:
-            break
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            start = time.perf_counter()
-            fns[name]()
-            times[name].append((time.perf_counter() - start) * 1000.0)
+    stop once that many seconds have passed and at least `min_repeats` rounds are in (busy machines).
+    The same timing loop the encoder uses to choose its query path at start."""
+    from zsdemo.precision import time_interleaved
+
+    times = time_interleaved(fns, repeats, warmup=warmup, budget_s=budget_s, min_repeats=min_repeats)
     return {name: np.asarray(t) for name, t in times.items()}
 
 

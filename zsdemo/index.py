@@ -65,7 +65,7 @@ def exact_search(embeddings: np.ndarray, query: np.ndarray, k: int) -> tuple[np.
     query = np.ascontiguousarray(query, dtype=np.float32)
     if embeddings.dtype == np.float32 and embeddings.flags.c_contiguous:
         # torch, not numpy, for the product: numpy's OpenBLAS keeps its own worker threads spinning after each
-        # call, and they fight torch's OpenMP threads for the same 2 cores. Measured (`python -m zsdemo bench`
+        # call, and they fight torch's OpenMP threads for the same 2 cores. Measured (the old in-package bench's
         # breakdown, 2 cores): a 10k-row numpy search between encoder calls doubled the encoder's latency.
         # Read-only memory maps go through the same zero-copy view (no copy of the matrix).
         scores = torch.mv(_as_tensor(embeddings), torch.from_numpy(query)).numpy()
