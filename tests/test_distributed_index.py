@@ -27,7 +27,7 @@ ATOL = 1e-5  # fp32 on any x86 CPU: batch composition changes the summation orde
 def index(*args: str, ranks: int = 1, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     if ranks == 1:
         command = [sys.executable, "-m", "zsdemo", "index", *args]
-    else:  # torchrun, as a user would start it (accelerate launch --cpu starts one process: DESIGN.md section 4)
+    else:  # torchrun, as a user would start it (accelerate launch --cpu starts only one process)
         command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks),
                    "--master_port", str(29_500 + os.getpid() % 1000), "-m", "zsdemo", "index", *args]
     return subprocess.run(command, cwd=cwd, env={**os.environ, **ENV, **(env or {})}, capture_output=True, text=True,

@@ -18,7 +18,7 @@ A run killed at any point (kill -9 of any rank; torchrun then stops the others) 
 shards; starting it again, with any number of processes, encodes only the others. Several nodes need
 the cache folder and the photos on a shared filesystem (the shards are files).
 
-Accelerate 1.15 facts (DESIGN.md section 4): `accelerate launch --cpu --num_processes 2` starts ONE
+Accelerate 1.15 facts (checked on the development machines): `accelerate launch --cpu --num_processes 2` starts ONE
 process; use `ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 ...` for two CPU ranks (gloo).
 """
 
