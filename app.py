@@ -115,6 +115,7 @@ canvas.addEventListener('pointerup', finish);
 canvas.addEventListener('pointercancel', finish);
 element.querySelector('[data-act=undo]').addEventListener('click', () => {{ strokes.pop(); paint(); send(); }});
 element.querySelector('[data-act=clear]').addEventListener('click', () => {{ strokes = []; paint(); send(); }});
+canvas.dataset.ready = 'true';  // strokes are heard from here on (tests and benchmarks wait for it)
 """
 
 PAGE_CSS = """
@@ -252,7 +253,7 @@ def build_demo(service: SearchService) -> gr.Blocks:
         # Once per folder: Gradio appends to its list, and checks every result file against every entry.
         if Path(gallery.thumbs_dir) not in served:
             served.add(Path(gallery.thumbs_dir))
-            gr.set_static_paths(sorted(served))
+            gr.set_static_paths([gallery.thumbs_dir])
 
     service.on_gallery = serve_thumbnails
     if service.engine is not None:

@@ -366,7 +366,7 @@ def drive(apps: list[tuple[str, str, int]], strokes: int, warmup: int,
                 page.set_default_timeout(60_000)
                 page.add_init_script(INSTRUMENT_JS)
                 page.goto(url)
-                page.wait_for_selector("#zs-sketch canvas")
+                page.wait_for_selector("#zs-sketch canvas[data-ready]")
                 page.wait_for_timeout(500)
                 pages.append((page, Canvas(page)))
             for i in range(warmup + strokes):

@@ -86,13 +86,13 @@ def captions(page) -> list[str]:
     return page.eval_on_selector_all("#zs-results .caption-label", "els => els.map(e => e.textContent.trim())")
 
 
-def wait_for(predicate, timeout: float = 45.0, what: str = "condition") -> None:
+def wait_for(predicate, timeout: float = 45.0, what: str = "condition", describe=None) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if predicate():
             return
         time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+    raise AssertionError(f"timed out waiting for {what}" + (f" (page shows: {describe()!r})" if describe else ""))
 
 
 class Canvas:
@@ -116,7 +116,7 @@ def test_drawing_updates_results_after_every_stroke(browser_app):
     page, url, recorder, _ = browser_app
     ARTIFACTS.mkdir(exist_ok=True)
     page.goto(url)
-    page.wait_for_selector("#zs-sketch canvas")
+    page.wait_for_selector("#zs-sketch canvas[data-ready]")
     assert captions(page) == []
     canvas = Canvas(page)  # no tool to pick: the first stroke draws
 
@@ -147,7 +147,7 @@ def test_drawing_updates_results_after_every_stroke(browser_app):
 def test_fast_strokes_newest_sketch_wins(browser_app):
     page, url, recorder, _ = browser_app
     page.goto(url)
-    page.wait_for_selector("#zs-sketch canvas")
+    page.wait_for_selector("#zs-sketch canvas[data-ready]")
     canvas = Canvas(page)
     recorder.calls.clear()
     recorder.delay = 1.5  # searches slower than the strokes come
@@ -208,7 +208,7 @@ def test_touch_draws_on_a_phone_and_gets_results(browser_app):
     page = context.new_page()
     try:
         page.goto(url)
-        page.wait_for_selector("#zs-sketch canvas")
+        page.wait_for_selector("#zs-sketch canvas[data-ready]")
         box = page.locator("#zs-sketch canvas").bounding_box()
         cdp = context.new_cdp_session(page)
         before = len(recorder.calls)
@@ -253,14 +253,14 @@ def test_switch_modes_and_see_why_a_photo_matched(modes_app):
     page, url, backend = modes_app
     ARTIFACTS.mkdir(exist_ok=True)
     page.goto(url)
-    page.wait_for_selector("#zs-sketch canvas")
+    page.wait_for_selector("#zs-sketch canvas[data-ready]")
     switch = page.locator("#zs-mode")
     assert switch.is_visible()
     assert "Find this kind of thing" in switch.inner_text() and "Find this exact one" in switch.inner_text()
     canvas = Canvas(page)
     canvas.stroke((0.3, 0.3), (0.7, 0.3), (0.7, 0.7), (0.3, 0.7), (0.3, 0.3))
     wait_for(lambda: len(captions(page)) == 12 and "(Find this kind of thing)" in page.inner_text("#zs-status"),
-             what="category-level results")
+             what="category-level results", describe=lambda: page.inner_text("#zs-status"))
     kind = captions(page)
     assert "best of 61 photos in" in page.inner_text("#zs-status")
     page.screenshot(path=str(ARTIFACTS / "browser-mode-category.png"), full_page=True)
