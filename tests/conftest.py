@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
@@ -50,3 +51,39 @@ def canvas_value(shape: str = "line", offset: int = 0, size: int = 448) -> str:
     else:
         raise ValueError(shape)
     return json.dumps({"width": size, "height": size, "brush": 6, "strokes": strokes})
+
+
+@contextlib.contextmanager
+def running_app(args: list[str], env_extra: dict[str, str], timeout: float = 180.0):
+    """`python app.py ARGS` as a user starts it (tiny random model, a free port on 127.0.0.1); yields a connected
+    gradio_client and the deadline for the rest of the test, and stops the app afterwards."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from gradio_client import Client
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "ZSDEMO_MODEL": TINY_MODEL, "ZSDEMO_PRETRAINED": "none", "GRADIO_SERVER_PORT": str(port),
+           "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", **env_extra}
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.Popen([sys.executable, str(root / "app.py"), *args, "--host", "127.0.0.1"], cwd=root, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        end = time.monotonic() + timeout
+        while True:
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                client = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=False)
+                break
+            except Exception:
+                assert time.monotonic() < end, "app did not come up"
+                time.sleep(0.5)
+        yield client, end
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -12,7 +12,7 @@ from gradio_client import Client, handle_file
 from PIL import Image, ImageDraw
 
 import app
-from tests.conftest import TINY_MODEL, canvas_value, draw_sketch
+from tests.conftest import TINY_MODEL, canvas_value, draw_sketch, running_app
 from zsdemo.config import ServeConfig
 from zsdemo.service import SearchService
 
@@ -154,34 +154,14 @@ def test_uploaded_photos_appear_in_results(served, client, tmp_path):
 
 def test_python_app_py_with_flags_and_environment(tmp_path):
     """`python app.py` as a user starts it: flags plus environment variables, the page up before the index."""
-    import socket
-    import subprocess
-    import sys
     import time
 
     photos = tmp_path / "photos" / "cats"
     photos.mkdir(parents=True)
     for i, colour in enumerate(["red", "green", "blue"]):
         Image.new("RGB", (64, 48), colour).save(photos / f"cat{i}.jpg")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "ZSDEMO_MODEL": TINY_MODEL, "ZSDEMO_PRETRAINED": "none", "GRADIO_SERVER_PORT": str(port),
-           "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
-    root = Path(app.__file__).resolve().parent
-    cmd = [sys.executable, str(root / "app.py"), "--gallery", str(tmp_path / "photos"), "--cache", str(tmp_path / "cache"),
-           "--host", "127.0.0.1"]
-    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        end = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, proc.stdout.read()
-            try:
-                client = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=False)
-                break
-            except Exception:
-                assert time.monotonic() < end, "app did not come up"
-                time.sleep(0.5)
+    args = ["--gallery", str(tmp_path / "photos"), "--cache", str(tmp_path / "cache")]
+    with running_app(args, {}, timeout=120) as (client, end):
         sketch = canvas_value("circle")
         while True:
             gallery, _, status = client.predict(sketch, api_name="/search")
@@ -191,6 +171,3 @@ def test_python_app_py_with_flags_and_environment(tmp_path):
             time.sleep(0.5)
         assert sorted(item["caption"].split(" · ")[1] for item in gallery) == ["cats/cat0.jpg", "cats/cat1.jpg", "cats/cat2.jpg"]
         assert (tmp_path / "cache" / "CURRENT").is_file()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)

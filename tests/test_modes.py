@@ -14,7 +14,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 import app
-from tests.conftest import TINY_MODEL, canvas_value
+from tests.conftest import TINY_MODEL, canvas_value, running_app
 from zsdemo.config import ServeConfig
 from zsdemo.service import CATEGORY, FINE_GRAINED, PLAIN, SearchService
 
@@ -264,31 +264,11 @@ def test_api_search_and_explain_take_the_mode(both, client):
 def test_python_app_py_with_both_prompt_files(prompts, tmp_path):
     """`python app.py --prompts CAT` with the fine-grained file from the environment (as a Space sets it): both modes
     come up, the second after the first, and /search answers in each."""
-    import socket
     import time
 
-    from gradio_client import Client
-
     category, fine, photos = prompts
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "ZSDEMO_MODEL": TINY_MODEL, "ZSDEMO_PRETRAINED": "none", "GRADIO_SERVER_PORT": str(port),
-           "ZSDEMO_FINE_GRAINED_PROMPTS": str(fine), "ZSDEMO_QUERY_PRECISION": "fp32", "HF_HUB_OFFLINE": "1",
-           "GRADIO_ANALYTICS_ENABLED": "False"}
-    cmd = [sys.executable, str(ROOT / "app.py"), "--gallery", str(photos), "--cache", str(tmp_path / "cache"),
-           "--prompts", str(category), "--host", "127.0.0.1"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        end = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, proc.stdout.read()
-            try:
-                client = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=False)
-                break
-            except Exception:
-                assert time.monotonic() < end, "app did not come up"
-                time.sleep(0.5)
+    args = ["--gallery", str(photos), "--cache", str(tmp_path / "cache"), "--prompts", str(category)]
+    with running_app(args, {"ZSDEMO_FINE_GRAINED_PROMPTS": str(fine), "ZSDEMO_QUERY_PRECISION": "fp32"}) as (client, end):
         sketch = canvas_value("circle")
         for mode, label in ((CATEGORY, "Find this kind of thing"), (FINE_GRAINED, "Find this exact one")):
             while True:
@@ -299,6 +279,3 @@ def test_python_app_py_with_both_prompt_files(prompts, tmp_path):
                 time.sleep(0.5)
             assert len(gallery) == 5 and "best of 61 photos in" in status and f"({label})" in status
         assert (tmp_path / "cache" / "CURRENT").is_file() and (tmp_path / "cache" / "mode-fine_grained" / "CURRENT").is_file()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
