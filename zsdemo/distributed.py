@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from zsdemo.errors import ImageError
 from zsdemo.gallery import EncodeRun, PhotoEncoder, ProgressFn, SkippedFile, _decode_pending
 
 log = logging.getLogger(__name__)
@@ -104,7 +105,10 @@ class _ShardPhotos(torch.utils.data.Dataset):
         if isinstance(decoded, SkippedFile):
             return index, decoded
         image, entry = decoded
-        return index, (self.transform(image), entry)
+        try:  # the encoder's transform raises ImageError for a photo it cannot resize: skipped like unreadable ones
+            return index, (self.transform(image), entry)
+        except ImageError as exc:
+            return index, SkippedFile(entry.path, str(exc), entry.size, entry.mtime_ns)
 
 
 def _as_is(sample: Any) -> Any:

@@ -25,7 +25,7 @@ from PIL import Image
 from zsdemo.config import DEFAULT_MODEL, DEFAULT_PRETRAINED, ServeConfig, is_random_weights
 from zsdemo.errors import WeightsUnavailableError, ZsdemoError
 from zsdemo.precision import AUTO, canonical_path, make_query_model, probe_sketches, select_query_path
-from zsdemo.preprocess import PREPROCESS_VERSION, Transform, clean_sketch, load_photo
+from zsdemo.preprocess import PREPROCESS_VERSION, Transform, clean_sketch, guarded, load_photo
 from zsdemo.prompts import PromptCheckpoint, PromptedViT, PromptSpec, check_compatible, read_checkpoint
 
 log = logging.getLogger(__name__)
@@ -225,9 +225,11 @@ class SketchPhotoEncoder:
         self.prompts_sha256 = prompts_sha256
         pp = open_clip.get_model_preprocess_cfg(clip)
         self.image_size = int(pp["size"] if isinstance(pp["size"], int) else pp["size"][0])
-        self.transform: Transform = open_clip.image_transform(
+        # Guarded: whatever the transform raises for one image (an OverflowError from a resize, a MemoryError) is
+        # the same readable ImageError as an unreadable file, on every path (queries, galleries, the CLI).
+        self.transform: Transform = guarded(open_clip.image_transform(
             self.image_size, is_train=False, mean=pp.get("mean"), std=pp.get("std"),
-            interpolation=pp.get("interpolation"), resize_mode=pp.get("resize_mode"))
+            interpolation=pp.get("interpolation"), resize_mode=pp.get("resize_mode")))
         self.embed_dim = int(clip.visual.output_dim)
         self._query_model = self._make_query_model(cfg.query_precision)
         self._other_query_models: dict[str, torch.nn.Module] = {}

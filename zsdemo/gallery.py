@@ -136,6 +136,7 @@ class BuildReport:
     reused: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     seconds: float = 0.0
+    renamed: list[tuple[str, str]] = field(default_factory=list)  # uploads stored under a safe name: (given, stored)
 
     def summary(self) -> str:
         text = (f"{self.total} photos indexed ({self.added} new, {self.reused} reused, {self.removed} removed) "
@@ -297,16 +298,19 @@ def default_shard_size(n: int) -> int:
 
 
 def _decode_pending(pending: PendingPhoto, thumbs_dir: Path) -> tuple[Image.Image, PhotoEntry] | SkippedFile:
-    """Open one photo and make its thumbnail (content-addressed, written atomically; safe in any process)."""
-    try:
-        image = load_photo(open_image(pending.path))
-    except ImageError as exc:
-        return SkippedFile(str(pending.path), str(exc), pending.size, pending.mtime_ns)
+    """Open one photo and make its thumbnail (content-addressed, written atomically; safe in any process).
+    Anything wrong with the photo itself (preprocess turns every decoding error into ImageError) skips it;
+    failing to write into the cache is the cache's problem and raises."""
     key = _thumb_key(pending.path, pending.size, pending.mtime_ns)
     thumb_path = thumbs_dir / f"{key}.jpg"
-    if not thumb_path.is_file():
+    try:
+        image = load_photo(open_image(pending.path))
+        thumb = None if thumb_path.is_file() else make_thumbnail(image, THUMB_SIZE)
+    except ImageError as exc:
+        return SkippedFile(str(pending.path), str(exc), pending.size, pending.mtime_ns)
+    if thumb is not None:
         tmp = thumb_path.with_name(f".{key}.{uuid.uuid4().hex[:6]}.tmp.jpg")
-        make_thumbnail(image, THUMB_SIZE).save(tmp, "JPEG", quality=88)
+        thumb.save(tmp, "JPEG", quality=88)
         os.replace(tmp, thumb_path)
     return image, PhotoEntry(pending.name, str(pending.path), pending.size, pending.mtime_ns, f"{key}.jpg")
 
@@ -408,12 +412,14 @@ class EncodeRun:
             nonlocal done
             if not batch:
                 return
-            vectors = encode_batch([data for _, data, _ in batch])
             touched = set()
-            for (index, _, entry), vector in zip(batch, vectors, strict=True):
+            for (index, _, entry), vector in zip(batch, _encode_each_or_skip(encode_batch, batch), strict=True):
                 shard = index // self.shard_size
                 state = slot(shard)
-                state["rows"][index], state["entries"][index] = np.asarray(vector, np.float32), entry
+                if isinstance(vector, SkippedFile):
+                    state["skipped"].append(vector)
+                else:
+                    state["rows"][index], state["entries"][index] = vector, entry
                 state["left"] -= 1
                 touched.add(shard)
             done += len(batch)
@@ -442,6 +448,45 @@ class EncodeRun:
     def encoded_log(self) -> list[str]:
         path = self.dir / "encoded.log"
         return path.read_text().splitlines() if path.is_file() else []
+
+
+def _encode_each_or_skip(encode_batch: EncodeBatchFn,
+                         batch: list[tuple[int, Any, PhotoEntry]]) -> list[np.ndarray | SkippedFile]:
+    """One vector (or SkippedFile) per photo of `batch`. When the batch fails, its photos are encoded one by one
+    so that one bad photo (a transform's ImageError, a non-finite embedding) is skipped and the rest kept. An
+    error that is not an ImageError and that every photo of the batch hits is the encoder's, not a photo's: it
+    is raised (the build fails and leaves the previous generation live) instead of marking every photo bad."""
+    def skipped(entry: PhotoEntry, reason: str) -> SkippedFile:
+        return SkippedFile(entry.path, reason, entry.size, entry.mtime_ns)
+
+    def checked(vectors: np.ndarray, entries: list[PhotoEntry]) -> list[np.ndarray | SkippedFile]:
+        vectors = np.asarray(vectors, np.float32).reshape(len(entries), -1)
+        finite = np.isfinite(vectors).all(axis=1)
+        return [vector if ok else skipped(entry, "could not be encoded (the model gave a non-finite embedding)")
+                for vector, ok, entry in zip(vectors, finite, entries, strict=True)]
+
+    try:
+        return checked(encode_batch([data for _, data, _ in batch]), [entry for _, _, entry in batch])
+    except Exception as exc:
+        if len(batch) == 1 and not isinstance(exc, ImageError):
+            raise
+        first = exc
+    out: list[np.ndarray | SkippedFile] = []
+    others: list[Exception] = []
+    for _, data, entry in batch:
+        try:
+            out += checked(encode_batch([data]), [entry])
+        except ImageError as exc:
+            out.append(skipped(entry, str(exc)))
+        except Exception as exc:
+            others.append(exc)
+            out.append(skipped(entry, f"could not be encoded ({type(exc).__name__})"))
+    if others and len(others) == len(batch):
+        raise first
+    for entry, item in zip((e for _, _, e in batch), out, strict=True):
+        if isinstance(item, SkippedFile):
+            log.warning("Skipped %s: %s", entry.name, item.reason)
+    return out
 
 
 RunnerFn = Callable[[EncodeRun, "PhotoEncoder", "ProgressFn | None"], None]
@@ -581,8 +626,16 @@ class Gallery:
         cache_dir.mkdir(parents=True, exist_ok=True)
         try:
             with cache_lock(cache_dir, on_wait):
-                gallery, report = cls._build_locked(list(sources), cache_dir, encoder, progress, index_cfg,
-                                                    runner or encode_locally, shard_size)
+                try:
+                    gallery, report = cls._build_locked(list(sources), cache_dir, encoder, progress, index_cfg,
+                                                        runner or encode_locally, shard_size)
+                except Exception as exc:
+                    # A failed build leaves the previous generation live and nothing of its own behind; only
+                    # an interruption (KeyboardInterrupt, kill -9) or a lost process (`resumable`) keeps the
+                    # finished shards for the next run to resume from.
+                    if not getattr(exc, "resumable", False):
+                        _remove_unfinished(cache_dir)
+                    raise
         except BaseException as exc:
             # A first build that fails leaves no cache folder, unless it was interrupted after encoding some
             # shards: those are kept for the next run to resume from.
@@ -628,7 +681,9 @@ class Gallery:
             runner(run, encoder, progress)
             for shard in range(run.n_shards):
                 if not run.is_done(shard):
-                    raise CacheError(f"Shard {shard} of {run.dir} was not encoded; run the build again to finish it.")
+                    lost = CacheError(f"Shard {shard} of {run.dir} was not encoded; run the build again to finish it.")
+                    lost.resumable = True  # type: ignore[attr-defined]
+                    raise lost
                 entries, shard_skipped, matrix = run.read_shard(shard)
                 rows += [(entry, shard, i) for i, entry in enumerate(entries)]
                 skipped += shard_skipped
@@ -664,9 +719,16 @@ class Gallery:
 
     def add_photos(self, files: list[Path], encoder: PhotoEncoder, progress: ProgressFn | None = None,
                    on_wait: WaitFn | None = None) -> tuple[Gallery, BuildReport]:
-        """Copy readable images into uploads/ and index them. Unreadable files are reported, not copied."""
+        """Copy readable images into uploads/ and index them. Unreadable files are reported, not copied; a copied
+        photo that fails later (transform, encoding) is removed from uploads/ again and reported, and so is every
+        photo of this call when the build fails, so one bad upload never blocks the next builds. Names are made
+        safe to store and list (see zsdemo.limits.safe_stem); `report.renamed` lists (given, stored) names."""
+        from zsdemo.limits import safe_stem
+
         self.uploads_dir.mkdir(parents=True, exist_ok=True)
         rejected: list[tuple[str, str]] = []
+        renamed: list[tuple[str, str]] = []
+        copied: dict[str, str] = {}  # stored path -> the name as given
         for file in files:
             file = Path(file)
             try:
@@ -676,14 +738,28 @@ class Gallery:
                 continue
             digest = hashlib.sha1(file.read_bytes()).hexdigest()[:10]
             suffix = file.suffix.lower() if file.suffix.lower() in PHOTO_EXTENSIONS else ".png"
-            target = self.uploads_dir / f"{file.stem[:60]}-{digest}{suffix}"
+            stem = safe_stem(file.stem)
+            target = self.uploads_dir / f"{stem}-{digest}{suffix}"
+            if stem != file.stem:
+                renamed.append((file.name, f"{stem}{suffix}"))
             if not target.exists():
                 tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:6]}.tmp")
                 shutil.copyfile(file, tmp)
                 os.replace(tmp, target)
+                copied[str(target.resolve())] = file.name
         sources = [s for s in self.sources if s != self.uploads_dir.resolve()]
-        gallery, report = Gallery.build(sources, self.cache_dir, encoder, progress, self.index_cfg, on_wait)
-        report.skipped = rejected + report.skipped
+        try:
+            gallery, report = Gallery.build(sources, self.cache_dir, encoder, progress, self.index_cfg, on_wait)
+        except BaseException:
+            for path in copied:
+                Path(path).unlink(missing_ok=True)
+            raise
+        failed = [(path, why) for path, why in report.skipped if path in copied]
+        for path, _ in failed:
+            Path(path).unlink(missing_ok=True)
+        report.skipped = rejected + [(copied[path], why) for path, why in failed] + \
+            [(path, why) for path, why in report.skipped if path not in copied]
+        report.renamed = renamed
         return gallery, report
 
 
@@ -814,6 +890,17 @@ def write_generation(cache_dir: Path, entries: list[PhotoEntry], embeddings: np.
             os.fsync(handle.fileno())
     _write_atomic(cache_dir / "CURRENT", name.encode())
     return manifest
+
+
+def _remove_unfinished(cache_dir: Path) -> None:
+    """Remove encoding runs and generations that CURRENT does not name (the caller holds the lock)."""
+    try:
+        live = (Path(cache_dir) / "CURRENT").read_text().strip()
+    except OSError:
+        live = None
+    for child in [*Path(cache_dir).glob(f"{RUN_PREFIX}*"), *Path(cache_dir).glob("gen-*")]:
+        if child.name != live:
+            shutil.rmtree(child, ignore_errors=True)
 
 
 def _has_finished_shards(cache_dir: Path) -> bool:

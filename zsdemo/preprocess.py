@@ -12,11 +12,12 @@ cache fingerprint, so stale caches get rebuilt.
 
 from __future__ import annotations
 
+import contextlib
 import io
-import json
+import logging
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 
-from zsdemo.errors import EmptySketchError, ImageError
+from zsdemo.errors import EmptySketchError, ImageError, ZsdemoError
+from zsdemo.limits import DEFAULT_STROKE_LIMITS, StrokeLimits, parse_strokes
 
+log = logging.getLogger(__name__)
+
+# Not bumped for the size limits below: an image within them gives exactly the output it gave before (only
+# sketches whose ink box is over MAX_SKETCH_SIDE are shrunk first, and sketches are not part of any cache).
 PREPROCESS_VERSION = "1"
 
 PHOTO_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
@@ -34,10 +40,22 @@ PHOTO_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 
 @dataclass(frozen=True)
 class ImageLimits:
-    """Refuse inputs that would take too much memory to decode (decompression bombs)."""
+    """Refuse inputs that would take too much memory or time to decode or transform (decompression bombs).
+
+    Every dimension is bounded, not only the pixel count: CLIP's transform resizes the short side to the model's
+    input size, so a 39,000,000 x 1 image (39 MP, under the pixel limit) asks for a resize to billions of pixels.
+    With the aspect ratio bounded, the resize target of any accepted image is at most `max_aspect` times the
+    model's input size on its long side."""
 
     max_pixels: int = 40_000_000  # ~ 7700 x 5200; a 40 MP photo decodes to ~120 MB of RGB
     max_file_bytes: int = 50 * 1024 * 1024
+    max_side: int = 12_000  # a 12000 x 3000 panorama passes; nothing longer is a photo anyone searches
+    max_aspect: float = 20.0  # long side / short side
+
+
+# The ink box of a sketch is shrunk to this long side before it is padded to a square: the model sees 224 px,
+# and the padded square of a sketch with ink at two far corners would otherwise be the image's long side squared.
+MAX_SKETCH_SIDE = 1024
 
 
 @dataclass(frozen=True)
@@ -97,17 +115,46 @@ def open_image(source: str | os.PathLike | bytes | io.IOBase, limits: ImageLimit
                 if image is im:
                     image = im.copy()
         return image
-    except ImageError:
+    except ZsdemoError:
         raise
     except Image.DecompressionBombError:
         raise ImageError(f"{name} is too large to decode safely. Resize it first.") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
         raise ImageError(f"{name} is not a readable image ({type(exc).__name__}).") from None
+    except Exception as exc:  # OverflowError, MemoryError, RecursionError, a decoder's own bug: the same refusal
+        raise _refusal(name, exc) from None
+
+
+def _refusal(name: str, exc: BaseException) -> ImageError:
+    log.info("refused %s: %s", name, type(exc).__name__)
+    return ImageError(f"{name} could not be processed ({type(exc).__name__}); it may be damaged or too large. "
+                      "Try another image.")
+
+
+@contextlib.contextmanager
+def image_guard(name: str = "the image") -> Iterator[None]:
+    """Whatever goes wrong while decoding, transforming or encoding one image (OverflowError from a resize,
+    MemoryError, RecursionError, ...) becomes the same readable ImageError. ZsdemoErrors pass unchanged;
+    KeyboardInterrupt and SystemExit are not caught."""
+    try:
+        yield
+    except ZsdemoError:
+        raise
+    except Exception as exc:
+        raise _refusal(name, exc) from None
 
 
 def check_pixels(size: tuple[int, int], limits: ImageLimits = DEFAULT_LIMITS, name: str = "the image") -> None:
-    """ImageError when an image of `size` (width, height) is over the pixel limit."""
-    width, height = size
+    """ImageError when an image of `size` (width, height) is empty, or over the side, aspect-ratio or pixel limit."""
+    width, height = int(size[0]), int(size[1])
+    if width < 1 or height < 1:
+        raise ImageError(f"{name} is {width}x{height} pixels: there is nothing in it.")
+    if max(width, height) > limits.max_side:
+        raise ImageError(f"{name} is {width}x{height} pixels; the limit is {limits.max_side} pixels a side. "
+                         "Resize it first.")
+    if max(width, height) / min(width, height) > limits.max_aspect:
+        raise ImageError(f"{name} is {width}x{height} pixels: too long and thin (the limit is "
+                         f"{limits.max_aspect:g}:1). Crop it first.")
     if width * height > limits.max_pixels:
         raise ImageError(
             f"{name} is {width}x{height} pixels ({width * height / 1e6:.0f} MP); the limit is "
@@ -138,8 +185,13 @@ def flatten_to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 
 
 def load_photo(source: str | os.PathLike | bytes | Image.Image, limits: ImageLimits = DEFAULT_LIMITS) -> Image.Image:
     """A photo file or PIL image -> upright RGB PIL image."""
-    image = source if isinstance(source, Image.Image) else open_image(source, limits)
-    return flatten_to_rgb(image)
+    if isinstance(source, Image.Image):
+        check_pixels(source.size, limits, "the photo")
+        image = source
+    else:
+        image = open_image(source, limits)
+    with image_guard(Path(source).name if isinstance(source, (str, os.PathLike)) else "the photo"):
+        return flatten_to_rgb(image)
 
 
 def _array_to_image(arr: np.ndarray) -> Image.Image:
@@ -164,19 +216,6 @@ def _array_to_image(arr: np.ndarray) -> Image.Image:
     raise ImageError(f"Unsupported image array shape {arr.shape}: expected HxW, HxWx3 or HxWx4.")
 
 
-@dataclass(frozen=True)
-class StrokeLimits:
-    """What a drawn-strokes value may hold (the page's canvas sends a few hundred points per sketch)."""
-
-    max_chars: int = 400_000  # the JSON text
-    max_points: int = 40_000
-    max_side: int = 2048  # canvas width/height in pixels
-    max_brush: int = 64
-
-
-DEFAULT_STROKE_LIMITS = StrokeLimits()
-
-
 def is_strokes_value(value: Any) -> bool:
     """A canvas value made of strokes: a dict with 'strokes', or its JSON text."""
     if isinstance(value, dict):
@@ -189,32 +228,15 @@ def strokes_to_image(value: str | dict[str, Any], limits: StrokeLimits = DEFAULT
 
     The value is `{"width": W, "height": H, "brush": B, "strokes": [[x0, y0, x1, y1, ...], ...]}` (or its
     JSON text), in canvas pixels. Sending strokes instead of a PNG keeps each request a few KB and lets the
-    server draw them in well under a millisecond; malformed or oversized values raise ImageError.
+    server draw them in well under a millisecond; malformed or oversized values raise ImageError
+    (zsdemo.limits.parse_strokes holds the schema).
     """
-    if isinstance(value, str):
-        if len(value) > limits.max_chars:
-            raise ImageError(f"The drawing is too large to read (over {limits.max_chars // 1000} KB of strokes).")
-        try:
-            value = json.loads(value)
-        except ValueError:
-            raise ImageError("The drawing could not be read (malformed strokes).") from None
-    if not isinstance(value, dict):
-        raise ImageError("The drawing could not be read (expected strokes).")
-    try:
-        width, height = int(value.get("width", 448)), int(value.get("height", 448))
-        brush = int(value.get("brush", 4))
-        strokes = [[float(c) for c in stroke] for stroke in value.get("strokes") or []]
-    except (TypeError, ValueError):
-        raise ImageError("The drawing could not be read (strokes must be lists of numbers).") from None
-    if not (8 <= width <= limits.max_side and 8 <= height <= limits.max_side):
-        raise ImageError(f"The canvas must be between 8 and {limits.max_side} pixels a side, not {width}x{height}.")
-    if sum(len(s) for s in strokes) > 2 * limits.max_points:
-        raise ImageError(f"The drawing has too many points (the limit is {limits.max_points}); clear it and draw again.")
-    brush = max(1, min(brush, limits.max_brush))
-    image = Image.new("RGB", (width, height), (255, 255, 255))
+    drawing = parse_strokes(value, limits)
+    brush = drawing.brush
+    image = Image.new("RGB", (drawing.width, drawing.height), (255, 255, 255))
     draw = ImageDraw.Draw(image)
-    for stroke in strokes:
-        points = list(zip(stroke[0::2], stroke[1::2], strict=False))
+    for stroke in drawing.strokes:
+        points = list(zip(stroke[0::2], stroke[1::2], strict=True))
         if not points:
             continue
         radius = brush / 2
@@ -244,7 +266,7 @@ def sketch_to_image(value: Any, limits: ImageLimits = DEFAULT_LIMITS, display_na
         check_pixels(value.size, limits, display_name or "the sketch")
         return value
     if isinstance(value, np.ndarray):
-        if value.ndim >= 2:
+        if value.ndim >= 2 and value.size:  # an empty array is an empty canvas (_array_to_image says so)
             check_pixels((value.shape[1], value.shape[0]), limits, display_name or "the sketch")
         return _array_to_image(value)
     if isinstance(value, (str, os.PathLike, bytes)):
@@ -257,7 +279,13 @@ def clean_sketch(value: Any, policy: SketchPolicy = DEFAULT_SKETCH_POLICY, displ
 
     Raises EmptySketchError when there is (almost) no ink.
     """
-    rgb = flatten_to_rgb(sketch_to_image(value, display_name=display_name))
+    image = sketch_to_image(value, display_name=display_name)
+    with image_guard(display_name or "the sketch"):
+        return _clean(image, policy)
+
+
+def _clean(image: Image.Image, policy: SketchPolicy) -> Image.Image:
+    rgb = flatten_to_rgb(image)
     grey = np.asarray(rgb.convert("L"), dtype=np.uint8)
     border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
     if np.median(border) < 128:  # light strokes on a dark board: make it ink on paper
@@ -269,19 +297,24 @@ def clean_sketch(value: Any, policy: SketchPolicy = DEFAULT_SKETCH_POLICY, displ
         raise EmptySketchError("The canvas is empty: draw something.")
     rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
     top, bottom, left, right = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-    side = max(bottom - top, right - left)
+    crop = rgb.crop((left, top, right, bottom))
+    if max(crop.size) > MAX_SKETCH_SIDE:  # bound the padded square (see MAX_SKETCH_SIDE); BOX keeps thin lines dark
+        scale = MAX_SKETCH_SIDE / max(crop.size)
+        crop = crop.resize((max(1, round(crop.width * scale)), max(1, round(crop.height * scale))),
+                           Image.Resampling.BOX)
+    side = max(crop.size)
     side_with_margin = int(round(side * (1 + 2 * policy.margin))) + 2
     square = Image.new("RGB", (side_with_margin, side_with_margin), (255, 255, 255))
-    crop = rgb.crop((left, top, right, bottom))
     square.paste(crop, ((side_with_margin - crop.width) // 2, (side_with_margin - crop.height) // 2))
     return square
 
 
 def make_thumbnail(image: Image.Image, size: int = 256) -> Image.Image:
     """RGB thumbnail whose longer side is at most `size` pixels."""
-    thumb = flatten_to_rgb(image).copy()
-    thumb.thumbnail((size, size), Image.Resampling.BICUBIC)
-    return thumb
+    with image_guard("the photo"):
+        thumb = flatten_to_rgb(image).copy()
+        thumb.thumbnail((size, size), Image.Resampling.BICUBIC)
+        return thumb
 
 
 Transform = Callable[[Image.Image], torch.Tensor]
@@ -289,4 +322,18 @@ Transform = Callable[[Image.Image], torch.Tensor]
 
 def stack(images: list[Image.Image], transform: Transform) -> torch.Tensor:
     """Clean RGB images -> a normalised batch tensor for the model."""
-    return torch.stack([transform(image) for image in images])
+    return torch.stack([guarded(transform)(image) for image in images])
+
+
+def guarded(transform: Transform, name: str = "the image") -> Transform:
+    """`transform` whose failure on one image (OverflowError from a resize, MemoryError, ...) is an ImageError."""
+    if getattr(transform, "_zsdemo_guarded", False):
+        return transform
+
+    def run(image: Image.Image) -> torch.Tensor:
+        with image_guard(name):
+            return transform(image)
+
+    run._zsdemo_guarded = True  # type: ignore[attr-defined]
+    run.__wrapped__ = transform  # type: ignore[attr-defined]
+    return run
