@@ -7,7 +7,15 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score
 
-from train.metrics import average_precision, category_metrics, fine_grained_accuracy, markdown_table, precision_at_k
+from train.metrics import (
+    average_precision,
+    average_rows,
+    category_metrics,
+    fine_grained_accuracy,
+    markdown_table,
+    precision_at_k,
+    rank_gallery,
+)
 
 
 def sake_reference_ap(scores: np.ndarray, gt_labels: np.ndarray, inst_id: int, top: int | None) -> float:
@@ -73,7 +81,7 @@ def _random_retrieval(seed: int, n_q: int = 40, n_g: int = 300, n_cls: int = 5, 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_against_sklearn_and_sake_reference(seed):
     q, ql, gal, gl = _random_retrieval(seed)
-    scores = (q @ gal.T).numpy().astype(np.float64)
+    scores = (q.double() @ gal.double().T).numpy()  # the metrics rank float64 similarities
     sk = np.mean([average_precision_score(gl.numpy() == ql[i].item(), scores[i]) for i in range(len(q))])
     sake_all = np.mean([sake_reference_ap(scores[i], gl.numpy(), ql[i].item(), None) for i in range(len(q))])
     sake_200 = np.mean([sake_reference_ap(scores[i], gl.numpy(), ql[i].item(), 200) for i in range(len(q))])
@@ -122,3 +130,90 @@ def test_fine_grained_table_shows_both_galleries_and_names_the_compared_one():
     assert "| run, gallery: photos of the sketch's class | 20.00 | 60.00 |" in table
     assert "| Ours (paper) | 28.68 | 62.34 |" in table and "fg_gallery=unseen" in table
     assert "fg_gallery=category" in table_for(result, load_config(None, ["setting=fine_grained", "fg_gallery=category"]), "run")
+
+
+# ---- ties and averaging -----------------------------------------------------------------------
+def test_constant_embedding_scores_chance_not_perfect():
+    # a collapsed encoder: every sketch and photo has the same embedding
+    n_g, n_q = 12, 6
+    gallery = torch.nn.functional.normalize(torch.ones(n_g, 8), dim=-1)
+    queries = torch.nn.functional.normalize(torch.ones(n_q, 8), dim=-1)
+    g_labels = torch.arange(n_g) // 4  # 3 classes of 4
+    pairs = torch.tensor([0, 3, 5, 6, 9, 11])
+    q_labels = g_labels[pairs]
+    random_ = fine_grained_accuracy(queries, pairs, q_labels, gallery, g_labels, "unseen", ks=(1, 5), ties="random")
+    assert random_["Acc@1"] == pytest.approx(1 / n_g, abs=1e-9) and random_["Acc@5"] == pytest.approx(5 / n_g, abs=1e-9)
+    category = fine_grained_accuracy(queries, pairs, q_labels, gallery, g_labels, "category", ks=(1,), ties="random")
+    assert category["Acc@1"] == pytest.approx(1 / 4, abs=1e-9)  # chance in the own-class gallery of 4
+    pessimistic = fine_grained_accuracy(queries, pairs, q_labels, gallery, g_labels, "unseen", ks=(1, 12), ties="pessimistic")
+    assert pessimistic == {"Acc@1": 0.0, "Acc@12": 1.0}
+    # the old rule (rank = 1 + strictly better) gave the collapsed encoder 100 %
+    assert fine_grained_accuracy(queries, pairs, q_labels, gallery, g_labels, ks=(1,), ties="optimistic")["Acc@1"] == 1.0
+
+
+def test_near_ties_from_float_noise_count_as_ties():
+    from train.metrics import TIE_EPS, hit_probability, paired_ranks
+
+    sims = torch.tensor([[0.5, 0.5 + TIE_EPS / 10, 0.5 - TIE_EPS / 10, 0.5 + 10 * TIE_EPS, 0.1]], dtype=torch.float64)
+    better, tied = paired_ranks(sims, torch.tensor([0]))
+    assert better.tolist() == [1] and tied.tolist() == [2]
+    assert float(hit_probability(better, tied, 2)[0]) == pytest.approx(1 / 3)  # position 2, 3 or 4, uniformly
+
+
+def test_category_metrics_constant_embedding_is_not_perfect():
+    # gallery sorted by class, as the datasets list it: a stable sort on ties used to rank class 0 first for everyone
+    g_labels = torch.arange(300) // 100
+    q_labels = torch.arange(30) // 10
+    gallery = torch.nn.functional.normalize(torch.ones(300, 4), dim=-1)
+    queries = torch.nn.functional.normalize(torch.ones(30, 4), dim=-1)
+    pess = category_metrics(queries, q_labels, gallery, g_labels, ties="pessimistic")
+    opt = category_metrics(queries, q_labels, gallery, g_labels, ties="optimistic")
+    rnd = category_metrics(queries, q_labels, gallery, g_labels, ties="random")
+    assert opt["P@100"] == pytest.approx(1.0) and opt["mAP@all"] == pytest.approx(1.0)
+    # every one of the 200 other-class photos ahead of the 100 relevant ones
+    assert pess["P@200"] == 0.0
+    assert pess["mAP@all"] == pytest.approx(1 / 3, abs=1e-9)  # VOC interpolation: max later precision, 100 / 300
+    tm = category_metrics(queries, q_labels, gallery, g_labels, convention="torchmetrics", ties="pessimistic")
+    assert tm["mAP@all"] == pytest.approx(np.mean([i / (200 + i) for i in range(1, 101)]), abs=1e-9)
+    assert rnd["P@100"] == pytest.approx(1 / 3, abs=0.03)  # one random order per chunk: chance up to sampling noise
+    assert abs(rnd["mAP@all"] - 1 / 3) < 0.05
+
+
+def test_rank_gallery_pessimistic_puts_relevant_after_ties():
+    gallery = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    q = torch.tensor([[1.0, 0.0]])
+    relevant = torch.tensor([[True, False, False, False]])
+    assert rank_gallery(q, gallery, relevant, "pessimistic").tolist() == [[1, 3, 0, 2]]
+    assert rank_gallery(q, gallery, relevant, "optimistic").tolist() == [[0, 1, 3, 2]]
+    assert sorted(rank_gallery(q, gallery, None, "random")[0, :3].tolist()) == [0, 1, 3]
+
+
+def test_averaging_per_query_vs_per_class():
+    values = np.array([1.0, 1.0, 1.0, 0.0])
+    labels = np.array([0, 0, 0, 1])
+    assert average_rows(values, labels, "query") == pytest.approx(0.75)
+    assert average_rows(values, labels, "class") == pytest.approx(0.5)
+    # through category_metrics: 3 queries of class 0 answered perfectly, 1 of class 1 worst possible
+    gallery = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    g_labels = torch.tensor([0, 1])
+    queries = torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [1.0, 0.0]])
+    q_labels = torch.tensor([0, 0, 0, 1])
+    by_query = category_metrics(queries, q_labels, gallery, g_labels, ks=(1,), ps=(1,), average="query")
+    by_class = category_metrics(queries, q_labels, gallery, g_labels, ks=(1,), ps=(1,), average="class")
+    assert by_query["P@1"] == pytest.approx(0.75) and by_class["P@1"] == pytest.approx(0.5)
+    with pytest.raises(ValueError):
+        average_rows(values, labels, "median")
+
+
+def test_tables_name_averaging_and_ties():
+    from train.config import load_config
+    from train.eval import table_for
+
+    cfg = load_config(None, ["benchmark=sketchy", "metric_average=class", "metric_ties=pessimistic"])
+    result = {"setting": "category", "convention": "sake", "gallery": "all", "n_queries": 2, "n_gallery": 3,
+              "average": cfg.metric_average, "ties": cfg.metric_ties,
+              "metrics": {"mAP@all": 0.1, "mAP@200": 0.1, "P@100": 0.1, "P@200": 0.1}}
+    table = table_for(result, cfg, "run")
+    assert "average=class" in table and "ties=pessimistic" in table
+    with pytest.raises(ValueError):
+        load_config(None, ["metric_ties=lucky"])

@@ -79,6 +79,10 @@ class TrainConfig:
     # The final evaluation at the end of a run (eval.json) and train/eval.py always use every unseen sketch.
     eval_max_queries: int = 0
     metric_convention: str = "sake"  # sake | torchmetrics
+    # Equal similarities: random (expected value over tie orders; a constant embedding scores chance) |
+    # pessimistic (the relevant / paired photo after everything tied with it) | optimistic (old behaviour)
+    metric_ties: str = "random"
+    metric_average: str = "query"  # category-level mAP / P@k: mean over queries | class (mean of per-class means)
     fg_gallery: str = "unseen"  # fine-grained Acc@k gallery: unseen (all unseen photos) | category
     checkpoint_every: int = 500  # optimiser steps
     keep_checkpoints: int = 3  # newest step_N folders kept; 0 = all
@@ -95,6 +99,10 @@ class TrainConfig:
             raise ValueError(f"setting must be 'category' or 'fine_grained', not {self.setting!r}")
         if self.metric_convention not in ("sake", "torchmetrics"):
             raise ValueError(f"metric_convention must be 'sake' or 'torchmetrics', not {self.metric_convention!r}")
+        if self.metric_ties not in ("random", "pessimistic", "optimistic"):
+            raise ValueError(f"metric_ties must be 'random', 'pessimistic' or 'optimistic', not {self.metric_ties!r}")
+        if self.metric_average not in ("query", "class"):
+            raise ValueError(f"metric_average must be 'query' or 'class', not {self.metric_average!r}")
         if self.fg_gallery not in ("unseen", "category"):
             raise ValueError(f"fg_gallery must be 'unseen' or 'category', not {self.fg_gallery!r}")
         if self.setting == "fine_grained" and self.batch_size % self.instances_per_class:

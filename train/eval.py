@@ -102,13 +102,17 @@ def evaluate(accelerator: Any, prompted: torch.nn.Module, part: Part, sketch_loa
                               "n_classes": len(part.classes), "gather": {"sketch": q_stats, "photo": g_stats},
                               "skipped_files": {"sketch": len(skipped["sketch"]), "photo": len(skipped["photo"]),
                                                 "files": (skipped["sketch"] + skipped["photo"])[:100]}}
+    result["ties"] = cfg.metric_ties
     if cfg.setting == "category":
         result["convention"] = cfg.metric_convention
+        result["average"] = cfg.metric_average
         result["gallery"] = "all unseen-class photos"
-        result["metrics"] = category_metrics(q_feats, q_labels, g_feats, g_labels, cfg.metric_convention)
+        result["metrics"] = category_metrics(q_feats, q_labels, g_feats, g_labels, cfg.metric_convention,
+                                             ties=cfg.metric_ties, average=cfg.metric_average)
     else:
+        result["average"] = "query"  # one paired photo per sketch: Acc@k is a mean over sketches
         for gallery in ("unseen", "category"):
-            acc = fine_grained_accuracy(q_feats, pairs, q_labels, g_feats, g_labels, gallery)
+            acc = fine_grained_accuracy(q_feats, pairs, q_labels, g_feats, g_labels, gallery, ties=cfg.metric_ties)
             result[f"metrics_{gallery}_gallery"] = {k: 100 * v for k, v in acc.items()}
         result["gallery"] = FG_GALLERY_NAMES[cfg.fg_gallery]
         result["metrics"] = result[f"metrics_{cfg.fg_gallery}_gallery"]
@@ -116,6 +120,16 @@ def evaluate(accelerator: Any, prompted: torch.nn.Module, part: Part, sketch_loa
 
 
 FG_GALLERY_NAMES = {"unseen": "all unseen-class photos", "category": "photos of the sketch's class"}
+AVERAGE_NAMES = {"query": "mean over queries", "class": "mean over classes of per-class means"}
+TIE_NAMES = {"random": "ties in random order (expected value)", "pessimistic": "ties counted against the query",
+             "optimistic": "ties counted FOR the query (reproduces old figures only)"}
+
+
+def protocol_note(result: dict[str, Any]) -> str:
+    """The averaging and tie rule a table was computed with (printed under every table)."""
+    average = result.get("average", "query")
+    ties = result.get("ties", "random")
+    return f"Averaging: {AVERAGE_NAMES.get(average, average)} (average={average}); {TIE_NAMES.get(ties, ties)} (ties={ties})."
 
 
 def table_for(result: dict[str, Any], cfg: TrainConfig, label: str) -> str:
@@ -125,14 +139,15 @@ def table_for(result: dict[str, Any], cfg: TrainConfig, label: str) -> str:
     if cfg.setting == "category":
         note = (f"Convention: {result['convention']} (AP@k denominator "
                 f"{'min(k, R), VOC-interpolated' if result['convention'] == 'sake' else 'hits in top k, not interpolated'}); "
-                f"gallery: {result['gallery']}; {result['n_queries']} queries x {result['n_gallery']} photos.")
+                f"gallery: {result['gallery']}; {result['n_queries']} queries x {result['n_gallery']} photos. "
+                f"{protocol_note(result)}")
         return markdown_table(cfg.benchmark, {label: result["metrics"]}, note + skip_note)
     # both fine-grained galleries, the one compared with the paper's row named
     rows = {f"{label}, gallery: {FG_GALLERY_NAMES[g]}": result[f"metrics_{g}_gallery"] for g in ("unseen", "category")}
     note = (f"Acc@k in %; {result['n_queries']} queries, {result['n_gallery']} unseen photos. The paper does not name "
             f"its gallery (its pre-release code ranked the paired photo among all unseen-class photos); the row "
             f"compared with it here is fg_gallery={cfg.fg_gallery} ({FG_GALLERY_NAMES[cfg.fg_gallery]}), which "
-            f"`metrics` in the JSON holds.")
+            f"`metrics` in the JSON holds. {protocol_note(result)}")
     return markdown_table(cfg.benchmark, rows, note + skip_note)
 
 
