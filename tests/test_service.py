@@ -9,7 +9,7 @@ from PIL import Image
 from tests.conftest import TINY_MODEL, canvas_value, draw_sketch
 from zsdemo.config import ServeConfig
 from zsdemo.gallery import Gallery
-from zsdemo.service import SearchService
+from zsdemo.service import LARGE_PHOTO_SIDE, SearchService
 
 
 def photos_in(folder, n: int = 5):
@@ -112,7 +112,7 @@ def test_photo_is_the_original_not_the_thumbnail(service):
     hit = service.search(canvas_value(), 3).hits[1]
     photo = service.photo(hit)
     original = Image.open(hit.photo)
-    assert max(photo.size) == min(max(original.size), 1280)
+    assert max(photo.size) == min(max(original.size), LARGE_PHOTO_SIDE) and LARGE_PHOTO_SIDE <= 512
 
 
 def test_add_photos_indexes_persists_and_reports_rejects(service, tmp_path):
@@ -165,3 +165,20 @@ def test_uploads_are_indexed_gently_beside_searches(service, tmp_path, monkeypat
                         for nice, threads, name in seen), seen
     assert torch.get_num_threads() == threads_before
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) < 10  # the caller's thread is untouched
+
+
+def test_bad_parameters_are_readable_refusals_not_exceptions(service):
+    good = canvas_value("circle")
+    for kwargs in ({"k": float("nan")}, {"k": "many"}, {"k": [1]}, {"text": "x" * 100_000, "text_weight": 0.5},
+                   {"text": {"a": 1}}, {"text_weight": float("inf")}, {"text_weight": 2}, {"mode": "nope" * 1000},
+                   {"mode": 5}):
+        outcome = service.search(good, **kwargs)
+        assert outcome.kind == "error" and len(outcome.message) < 300, (kwargs, outcome.message)
+    assert service.search(good, k=3, text="red", text_weight=0.5).kind == "ok"
+    assert service.explain("p0.png", good, mode="nope" * 1000).kind == "error"
+
+
+def test_served_files_are_not_accepted_as_uploads(service):
+    hit = service.search(canvas_value(), 1).hits[0]
+    outcome = service.add_photos([str(hit.thumbnail), str(hit.photo)])
+    assert outcome.added == 0 and len(outcome.skipped) == 2 and "serves" in outcome.skipped[0][1]

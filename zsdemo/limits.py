@@ -151,8 +151,8 @@ MAX_MODE_CHARS = 100
 
 
 def read_k(k: Any, default: int, max_k: int) -> int:
-    """The number of results: a finite number (None = default), clamped to 1..max_k."""
-    if k is None or k == "":
+    """The number of results: a finite number (None or 0 = default), clamped to 1..max_k."""
+    if k is None or k == "" or (k == 0 and not isinstance(k, bool)):
         return default
     if isinstance(k, str):
         with contextlib.suppress(ValueError):

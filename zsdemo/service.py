@@ -28,11 +28,14 @@ from PIL import Image
 from zsdemo.config import ServeConfig, is_random_weights, resolve_hub_file, resolve_hub_folder
 from zsdemo.errors import CacheError, EmptySketchError, ZsdemoError
 from zsdemo.gallery import BuildReport, Gallery, Hit, is_new_cache, recorded_sources
+from zsdemo.limits import neutralise, read_k, read_mode, read_text, read_text_weight
 from zsdemo.preprocess import PHOTO_EXTENSIONS, clean_sketch, load_photo
 
 log = logging.getLogger(__name__)
 
-LARGE_PHOTO_SIDE = 1280
+# The largest image the app sends of a gallery photo (a clicked result, /explain): thumbnail-scale, so the page
+# and the API never hand out the originals.
+LARGE_PHOTO_SIDE = 512
 
 CATEGORY, FINE_GRAINED, PLAIN = "category", "fine_grained", "plain"
 MODE_LABELS = {CATEGORY: "Find this kind of thing", FINE_GRAINED: "Find this exact one",
@@ -182,7 +185,7 @@ class SearchService:
             if name in (mode.name, mode.label) or name.replace("-", "_").replace(" ", "_") == mode.name:
                 return mode
         served = ", ".join(f"{m.name!r} ({m.label})" for m in self._modes.values())
-        raise ZsdemoError(f"Unknown mode {name!r}: this app serves {served}.")
+        raise ZsdemoError(f"Unknown mode {neutralise(str(name)[:60])!r}: this app serves {served}.")
 
     @property
     def settled(self) -> bool:
@@ -368,14 +371,15 @@ class SearchService:
                text_weight: float | None = None, mode: str | None = None) -> SearchOutcome:
         """A sketch in any accepted form -> ranked hits, or a readable reason why not. Never raises for bad input.
         `mode` names a served mode (see `modes`); None = the first."""
-        k = max(1, min(int(k or self.config.default_k), self.config.max_k))
-        try:
-            served = self.mode(mode)
+        try:  # every parameter checked before any work (zsdemo.limits); a bad one is a readable refusal
+            k = read_k(k, self.config.default_k, self.config.max_k)
+            text, text_weight = read_text(text), read_text_weight(text_weight)
+            served = self.mode(read_mode(mode))
         except ZsdemoError as exc:
+            log.info("search refused: %s", exc)
             return SearchOutcome("error", str(exc))
         if served.engine is None or served.status.phase == "error":
             return SearchOutcome("not_ready", self.not_ready_message(served))
-        text = (text or "").strip() or None
         try:
             result = served.engine.search_sketch(sketch, k=k, text=text, text_weight=float(text_weight or 0.0),
                                                  display_name="the sketch")
@@ -425,14 +429,15 @@ class SearchService:
         from zsdemo.explain import explain_photo
 
         try:
-            served = self.mode(mode)
+            served = self.mode(read_mode(mode))
         except ZsdemoError as exc:
+            log.info("explain refused: %s", exc)
             return ExplainOutcome("error", str(exc))
         if served.engine is None or served.status.phase == "error":
             return ExplainOutcome("not_ready", self.not_ready_message(served))
         hit = self.find_photo(photo, served.name) if isinstance(photo, str) else photo
         if hit is None:
-            return ExplainOutcome("error", f"No photo called {str(photo)[:200]!r} in the gallery.")
+            return ExplainOutcome("error", f"No photo called {neutralise(str(photo)[:200])!r} in the gallery.")
         started = time.perf_counter()
         try:
             vector = self._sketch_vector(served, sketch)
@@ -493,7 +498,9 @@ class SearchService:
                                      f"{self.config.max_photos_per_upload} per upload.")
         skipped = [(p.name, f"not a photo file ({', '.join(PHOTO_EXTENSIONS)})")
                    for p in paths if p.suffix.lower() not in PHOTO_EXTENSIONS]
-        paths = [p for p in paths if p.suffix.lower() in PHOTO_EXTENSIONS]
+        skipped += [(p.name, "a file this app serves (a thumbnail or gallery photo), not an upload")
+                    for p in paths if self.is_served_file(p)]
+        paths = [p for p in paths if p.suffix.lower() in PHOTO_EXTENSIONS and not self.is_served_file(p)]
         added = 0
         if paths:
             with self._write_lock:
@@ -514,9 +521,23 @@ class SearchService:
                         log.error("Mode %s did not take the new photos: %s", mode.name, exc)
                         self._set("error", str(exc), mode=mode)
             added = report.added
-            skipped += [(Path(name).name, why) for name, why in report.skipped]
+            skipped += [(neutralise(Path(name).name), why) for name, why in report.skipped]
+        renamed = "".join(f" {neutralise(given)!r} was stored as {stored!r}." for given, stored in
+                          (report.renamed if paths else [])[:10])
         return AddOutcome(True, f"Added {added} photo{'s' if added != 1 else ''}; the gallery now has "
-                                f"{len(self.engine.gallery)}.", added, skipped)
+                                f"{len(self.engine.gallery)}.{renamed}", added, skipped)
+
+    def is_served_file(self, path: str | Path) -> bool:
+        """True for a file inside this app's cache (thumbnails, uploads) or gallery folders: what the app serves
+        must never come back in as if a visitor had uploaded it."""
+        try:
+            resolved = Path(path).resolve()
+        except (OSError, RuntimeError, ValueError):
+            return True
+        roots = [Path(self.cache_dir).resolve()]
+        if self.engine is not None:
+            roots += [Path(s).resolve() for s in self.engine.gallery.sources]
+        return any(resolved.is_relative_to(root) for root in roots)
 
 
 __all__ = ["CATEGORY", "FINE_GRAINED", "MODE_LABELS", "PLAIN", "AddOutcome", "BuildReport", "ExplainOutcome", "Mode",
