@@ -144,3 +144,42 @@ def test_term_gradient_norms_measure_each_weighted_term():
     out["loss"].backward()  # the graph is still there for the real backward
     assert views[0].grad is not None
     assert set(term_weights("category")) == {"triplet", "cls_sketch", "cls_photo"}
+
+
+def _delta_triplets(seed: int, p: int = 3, q: int = 4, dim: int = 8):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(p * q, dim, generator=g) for _ in range(3)]
+
+
+def test_sorted_delta_is_invariant_to_triplet_order_within_a_class():
+    from train.losses import delta_loss
+
+    a, p, n = _delta_triplets(0)
+    perm = torch.cat([torch.randperm(4, generator=torch.Generator().manual_seed(c)) + 4 * c for c in range(3)])
+    assert not torch.equal(perm, torch.arange(12))
+    sorted_ = delta_loss(a, p, n, 3, 0.1, "sorted")
+    assert float(delta_loss(a[perm], p[perm], n[perm], 3, 0.1, "sorted")) == pytest.approx(float(sorted_), rel=1e-5)
+    # the printed ("paired") form changes with the order: that is what the sorted form removes
+    paired = delta_loss(a, p, n, 3, 0.1, "paired")
+    assert abs(float(delta_loss(a[perm], p[perm], n[perm], 3, 0.1, "paired")) - float(paired)) > 1e-4
+    assert float(sorted_) >= 0 and float(paired) >= 0
+
+
+def test_both_delta_forms_hand_computed_and_carry_gradient():
+    from train.losses import delta_loss
+
+    # two classes, Q = 2; anchors equal positives (d+ = 0), negatives chosen so delta = -d(s, n)
+    s = torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [1.0, 0.0]])
+    neg = torch.tensor([[0.0, 1.0], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])  # d(s, n) = 1, 0 | 0, 1
+    delta = torch.tensor([[-1.0, 0.0], [0.0, -1.0]])
+    d = torch.softmax(delta, 1)
+    kl01 = float((d[0] * (d[0].log() - d[1].log())).sum())
+    kl10 = float((d[1] * (d[1].log() - d[0].log())).sum())
+    assert float(delta_loss(s, s, neg, 2, 1.0, "paired")) == pytest.approx((kl01 + kl10) / 2, abs=1e-6)
+    assert float(delta_loss(s, s, neg, 2, 1.0, "sorted")) == pytest.approx(0.0, abs=1e-7)  # same shape once sorted
+    for form in ("paired", "sorted"):
+        a, p, n = (t.requires_grad_() for t in _delta_triplets(1))
+        delta_loss(a, p, n, 3, 0.1, form).backward()
+        assert float(a.grad.norm()) > 0
+    with pytest.raises(ValueError):
+        delta_loss(s, s, neg, 2, 1.0, "shuffled")

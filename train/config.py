@@ -67,6 +67,9 @@ class TrainConfig:
     # L_delta softmax temperature: softmax(delta / delta_tau). Cosine deltas span about +-0.2, so tau = 1 (the
     # paper's formula taken literally) gives an almost flat softmax and a near-zero gradient; see train/BENCH.md.
     delta_tau: float = 0.1
+    # L_delta pairing: paired (the q-th triplet of class i against the q-th of class j, as printed; depends on
+    # the sampler's order) | sorted (deltas sorted within each class first: order-invariant). See train/losses.py.
+    delta_form: str = "paired"
     ps_weight: float = 1.0  # fine-grained only
     ps_margin: float = 0.3  # not published; our choice
     ps_grid: int = 2
@@ -112,6 +115,8 @@ class TrainConfig:
             raise ValueError("grad_accum must be >= 1 and batch_size >= 2")
         if self.sketch_crop not in ("auto", "ink", "none"):
             raise ValueError(f"sketch_crop must be 'auto', 'ink' or 'none', not {self.sketch_crop!r}")
+        if self.delta_form not in ("paired", "sorted"):
+            raise ValueError(f"delta_form must be 'paired' or 'sorted', not {self.delta_form!r}")
         if self.delta_tau <= 0:
             raise ValueError(f"delta_tau must be > 0, not {self.delta_tau}")
         if not self.photo_dir:

@@ -279,7 +279,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                      batch["ps_sketch"], batch["ps_positive"], batch["ps_negative"])
                     losses = fine_grained_losses(*emb[:3], batch["label"], *emb[3:], text_features, logit_scale,
                                                  cfg.p_classes, cfg.margin, cfg.cls_weight, cfg.delta_weight,
-                                                 cfg.ps_weight, cfg.ps_margin, cfg.delta_tau)
+                                                 cfg.ps_weight, cfg.ps_margin, cfg.delta_tau, cfg.delta_form)
                 else:
                     emb = step_model(batch["sketch"], batch["positive"], batch["negative"])
                     losses = category_losses(*emb, batch["label"], batch["negative_label"], text_features, logit_scale,

@@ -27,8 +27,11 @@ def classification_loss(features: torch.Tensor, text_features: torch.Tensor, lab
     return F.cross_entropy(logits, labels)
 
 
+DELTA_FORMS = ("paired", "sorted")
+
+
 def delta_loss(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, n_classes: int,
-               tau: float = 1.0) -> torch.Tensor:
+               tau: float = 1.0, form: str = "paired") -> torch.Tensor:
     """L_delta: uniform relative separation across categories.
 
     The batch holds n_classes contiguous blocks of Q triplets. For block c, D_c = softmax over its Q
@@ -36,13 +39,23 @@ def delta_loss(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Ten
     Gradients flow through both arguments of each KL (the paper does not say; our choice).
     tau = 1 is the formula as printed; cosine deltas span only about +-0.2, where that softmax is nearly
     flat (KL and its gradient scale roughly with 1 / tau^2), hence the temperature.
+
+    form "paired" (as printed): the q-th triplet of class i is compared with the q-th of class j, so the value
+    depends on the order of the triplets inside each block, which the sampler draws arbitrarily.
+    form "sorted": each block's deltas are sorted before the softmax, so KL compares the distributions'
+    shapes (quantile by quantile) and is invariant to the order of triplets within a class.
     """
+    if form not in DELTA_FORMS:
+        raise ValueError(f"delta form must be one of {DELTA_FORMS}, not {form!r}")
     delta = cosine_distance(anchor, positive) - cosine_distance(anchor, negative)
     if delta.numel() % n_classes:
         raise ValueError(f"batch of {delta.numel()} triplets is not {n_classes} equal class blocks")
     if n_classes < 2:
         return delta.sum() * 0.0
-    log_d = F.log_softmax(delta.view(n_classes, -1) / tau, dim=1)  # (P, Q)
+    blocks = delta.view(n_classes, -1)
+    if form == "sorted":
+        blocks = torch.sort(blocks, dim=1).values  # differentiable: gradients follow the sorted positions
+    log_d = F.log_softmax(blocks / tau, dim=1)  # (P, Q)
     d = log_d.exp()
     # kl[i, j] = sum_q D_i[q] (log D_i[q] - log D_j[q])
     kl = (d * log_d).sum(1, keepdim=True) - d @ log_d.T
@@ -64,13 +77,14 @@ def fine_grained_losses(sketch: torch.Tensor, positive: torch.Tensor, negative: 
                         ps_sketch: torch.Tensor, ps_positive: torch.Tensor, ps_negative: torch.Tensor,
                         text_features: torch.Tensor, logit_scale: float, n_classes: int, margin: float = 0.3,
                         cls_weight: float = 0.5, delta_weight: float = 0.1, ps_weight: float = 1.0,
-                        ps_margin: float = 0.3, delta_tau: float = 1.0) -> dict[str, torch.Tensor]:
+                        ps_margin: float = 0.3, delta_tau: float = 1.0,
+                        delta_form: str = "paired") -> dict[str, torch.Tensor]:
     """Fine-grained objective. `negative` is another photo of the anchor's class (hard triplet);
     the patch-shuffle negative is the paired photo under a different permutation."""
     tri = triplet_loss(sketch, positive, negative, margin)
     cls_s = classification_loss(sketch, text_features, labels, logit_scale)
     cls_p = classification_loss(torch.cat([positive, negative]), text_features, torch.cat([labels, labels]), logit_scale)
-    dl = delta_loss(sketch, positive, negative, n_classes, delta_tau)
+    dl = delta_loss(sketch, positive, negative, n_classes, delta_tau, delta_form)
     ps = triplet_loss(ps_sketch, ps_positive, ps_negative, ps_margin)
     total = tri + cls_weight * (cls_s + cls_p) + delta_weight * dl + ps_weight * ps
     return {"loss": total, "hard_triplet": tri, "cls_sketch": cls_s, "cls_photo": cls_p, "delta": dl, "patch_shuffle": ps}
