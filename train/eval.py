@@ -119,6 +119,39 @@ def evaluate(accelerator: Any, prompted: torch.nn.Module, part: Part, sketch_loa
     return result
 
 
+def episode_ranks(step_feats: list[torch.Tensor], gallery_feats: torch.Tensor, pairs: torch.Tensor,
+                  ties: str = "random") -> tuple[torch.Tensor, torch.Tensor]:
+    """Retrieval while drawing: (better, tied) counts of the paired photo after each drawing step.
+
+    step_feats[t]: (N, D) embeddings of the N sketches rendered after step t (strokes 1..t+1, or a fraction of
+    them). Returns two (N, T) tensors: photos strictly more similar than the pair, and photos tied with it.
+    """
+    from train.metrics import paired_ranks
+
+    out = [paired_ranks(f.double() @ gallery_feats.double().T, pairs) for f in step_feats]
+    return torch.stack([b for b, _ in out], 1), torch.stack([t for _, t in out], 1)
+
+
+def on_the_fly_metrics(better: torch.Tensor, tied: torch.Tensor, gallery_size: int,
+                       ties: str = "random") -> dict[str, float]:
+    """m@A and m@B of Bhunia et al. (CVPR 2020) over drawing episodes (rows) of T steps (columns).
+
+    m@A: mean over the episode (and over episodes) of the paired photo's ranking percentile
+    (G - rank) / (G - 1) (1 = first, 0 = last); m@B: mean of 1 / rank. Ties per `ties` (train/metrics.py):
+    "random" takes the exact expectation over tie orders (for m@B, E[1/rank], not 1/E[rank]).
+    """
+    from train.metrics import TIES, _check, expected_rank
+
+    _check("ties", ties, TIES)
+    b, t = better.double(), tied.double()
+    rank = expected_rank(better, tied, ties)
+    percentile = (gallery_size - rank) / max(gallery_size - 1, 1)
+    # random ties: rank uniform on b+1 .. b+t+1, so E[1/rank] = (H(b+t+1) - H(b)) / (t+1), H(n) = digamma(n+1) + const
+    inv = (torch.digamma(b + t + 2) - torch.digamma(b + 1)) / (t + 1) if ties == "random" else 1.0 / rank
+    return {"m@A": float(percentile.mean()), "m@B": float(inv.mean()), "episodes": int(better.shape[0]),
+            "steps": int(better.shape[1])}
+
+
 FG_GALLERY_NAMES = {"unseen": "all unseen-class photos", "category": "photos of the sketch's class"}
 AVERAGE_NAMES = {"query": "mean over queries", "class": "mean over classes of per-class means"}
 TIE_NAMES = {"random": "ties in random order (expected value)", "pessimistic": "ties counted against the query",
