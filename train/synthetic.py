@@ -108,6 +108,28 @@ def render_sketch(shape: str, inst: dict[str, float], size: int, rng: random.Ran
     return image
 
 
+def sketch_strokes(shape: str, inst: dict[str, float], size: int, rng: random.Random,
+                   n_outline: int = 3) -> list[list[tuple[float, float]]]:
+    """The sketch of an instance as ordered strokes (polylines in pixels): the outline cut into n_outline
+    consecutive pieces, then the inner mark as a closed loop; the order in which a person would draw it."""
+    points = _place(_outline(shape), inst, size, jitter=0.03, rng=rng)
+    closed = points + points[:1]
+    cuts = [round(i * (len(closed) - 1) / n_outline) for i in range(n_outline + 1)]
+    strokes = [closed[cuts[i]:cuts[i + 1] + 1] for i in range(n_outline)]
+    x, y, r = _mark(inst, size)
+    strokes.append([(x + r * math.cos(2 * math.pi * i / 16), y + r * math.sin(2 * math.pi * i / 16)) for i in range(17)])
+    return strokes
+
+
+def render_strokes(strokes: list[list[tuple[float, float]]], size: int, n: int | None = None) -> Image.Image:
+    """The canvas after the first n strokes (all when None): black lines on white, as render_sketch draws."""
+    image = Image.new("RGB", (size, size), "white")
+    draw = ImageDraw.Draw(image)
+    for stroke in strokes[:n]:
+        draw.line(stroke, fill="black", width=max(1, size // 40), joint="curve")
+    return image
+
+
 def generate(out: str | Path, shapes: tuple[str, ...] = SHAPES, photos_per_class: int = 12,
              sketches_per_photo: int = 2, size: int = 96, seed: int = 0) -> Path:
     """Write the dataset; returns its root. Deterministic for a given seed."""
