@@ -57,6 +57,34 @@ def photo_pool(shapes: Sequence[str], per_class: int, seed: int, transform: Any,
     return torch.stack(images), torch.tensor(labels)
 
 
+def instance_pool(shapes: Sequence[str], per_class: int, seed: int, transform: Any,
+                  size: int = 96) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Like photo_pool, plus a second rendering of every instance: same geometry (shape, position, scale,
+    rotation, aspect, mark) and the same crop/flip, other background and fill colours. Returns (A, B, labels)."""
+    rng = random.Random(seed)
+    views_a, views_b, labels = [], [], []
+    for label, shape in enumerate(shapes):
+        for _ in range(per_class):
+            inst = _instance(rng)
+            photo_a, photo_b = render_photo(shape, inst, size, rng), render_photo(shape, inst, size, rng)
+            state = rng.getstate()  # one crop box and flip for both views: only the colours differ
+            views_a.append(transform(augment(photo_a, rng, scale=(0.7, 1.0))))
+            rng.setstate(state)
+            views_b.append(transform(augment(photo_b, rng, scale=(0.7, 1.0))))
+            labels.append(label)
+    return torch.stack(views_a), torch.stack(views_b), torch.tensor(labels)
+
+
+def instance_nce(model: torch.nn.Module, view_a: torch.Tensor, view_b: torch.Tensor,
+                 temperature: float = 0.1) -> torch.Tensor:
+    """Symmetric InfoNCE: each photo's other rendering is its positive, the batch's other instances negatives."""
+    a = model.encode_image(view_a, normalize=True)
+    b = model.encode_image(view_b, normalize=True)
+    logits = a @ b.T / temperature
+    target = torch.arange(len(a), device=a.device)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+
+
 def clip_loss(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
               tokens: torch.Tensor) -> torch.Tensor:
     """Symmetric CE between image embeddings and the class-text embeddings (text->image: mean over each class's images)."""
@@ -73,8 +101,13 @@ def clip_loss(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor
 
 
 def pretrain(out: str | Path | None, steps: int = 3000, seed: int = 1, photos_per_class: int = 1000,
-             batch_size: int = 64, lr: float = 2e-3, shapes: Sequence[str] = SHAPES) -> dict[str, Any]:
+             batch_size: int = 64, lr: float = 2e-3, shapes: Sequence[str] = SHAPES,
+             instance_weight: float = 0.0) -> dict[str, Any]:
     """Train the tiny CLIP on photos; write its state dict to `out` (.safetensors) when given.
+
+    instance_weight > 0 (opt-in) adds instance_weight x instance_nce between two renderings of each photo
+    instance that differ only in colours: the embedding must then keep instance geometry, which the class-text
+    loss alone teaches it to discard. Still photos only, no sketch.
 
     Returns {"path", "losses" (one per step), "train_acc" (final, on the pool), "heldout_acc" (on 50 fresh photos
     per shape), "seconds"}.
@@ -83,7 +116,11 @@ def pretrain(out: str | Path | None, steps: int = 3000, seed: int = 1, photos_pe
     torch.manual_seed(seed)
     model = create_clip(MODEL, "none").train()
     transform = eval_transform(model)
-    images, labels = photo_pool(shapes, photos_per_class, seed, transform)
+    if instance_weight > 0:
+        images, images_b, labels = instance_pool(shapes, photos_per_class, seed, transform)
+    else:
+        images, labels = photo_pool(shapes, photos_per_class, seed, transform)
+        images_b = None
     tokens = open_clip.get_tokenizer(MODEL)([TEMPLATE.format(s) for s in shapes])
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     warmup = max(1, steps // 20)
@@ -97,6 +134,9 @@ def pretrain(out: str | Path | None, steps: int = 3000, seed: int = 1, photos_pe
         flip = torch.rand(batch_size, generator=g) < 0.5
         batch = torch.where(flip[:, None, None, None], batch.flip(-1), batch)
         loss = clip_loss(model, batch, labels[idx], tokens)
+        if images_b is not None:
+            batch_b = torch.where(flip[:, None, None, None], images_b[idx].flip(-1), images_b[idx])
+            loss = loss + instance_weight * instance_nce(model, batch, batch_b)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -116,7 +156,8 @@ def pretrain(out: str | Path | None, steps: int = 3000, seed: int = 1, photos_pe
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path),
                   metadata={"model": MODEL, "steps": str(steps), "seed": str(seed), "shapes": ",".join(shapes),
-                            "objective": "CLIP-style photo/class-text contrastive, photos only"})
+                            "objective": "CLIP-style photo/class-text contrastive, photos only"
+                            + (f" + {instance_weight} x instance InfoNCE (colour-changed renderings)" if instance_weight > 0 else "")})
     seconds = time.perf_counter() - start
     log.info("pretrained %s: %d steps, final loss %.4f, zero-shot photo accuracy: training pool %.3f, held-out %.3f; "
              "%.0f s -> %s", MODEL, steps, sum(losses[-20:]) / min(20, len(losses)), acc, held_acc, seconds, path)
@@ -138,13 +179,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--photos-per-class", type=int, default=1000)
     parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--instance-weight", type=float, default=0.0,
+                        help="opt-in: weight of the instance InfoNCE term between colour-changed renderings (0 = off)")
     parser.add_argument("--exclude", nargs="*", default=[], help="shapes left out of pretraining")
     args = parser.parse_args(argv)
     if not args.out.endswith(".safetensors"):
         parser.error("OUT must end in .safetensors (the engine loads weights files by suffix)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     shapes = [s for s in SHAPES if s not in set(args.exclude)]
-    return pretrain(args.out, args.steps, args.seed, args.photos_per_class, lr=args.lr, shapes=shapes)
+    return pretrain(args.out, args.steps, args.seed, args.photos_per_class, lr=args.lr, shapes=shapes,
+                    instance_weight=args.instance_weight)
 
 
 if __name__ == "__main__":
