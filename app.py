@@ -23,7 +23,9 @@ from __future__ import annotations
 import argparse
 import html
 import logging
-import threading
+import os
+import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,7 @@ from PIL import Image
 
 from zsdemo.config import ServeConfig, resolve_hub_file, resolve_serve_config
 from zsdemo.errors import ZsdemoError
+from zsdemo.limits import Gate, RateLimiter, Redactor, UploadPolicy, UploadQuota, neutralise
 from zsdemo.preprocess import PHOTO_EXTENSIONS, is_strokes_value
 from zsdemo.service import (
     CATEGORY,
@@ -151,7 +154,87 @@ def parse_args(argv: Sequence[str] | None = None) -> ServeConfig:
     p.add_argument("--max-upload-mb", type=int, help="uploads above this size are refused (default 25).")
     p.add_argument("--queue-size", type=int, help="requests waiting beyond this are refused with 'queue full' (default 32).")
     p.add_argument("--concurrency", type=int, help="searches run at the same time (default 2: one per CPU core).")
-    return resolve_serve_config(vars(p.parse_args(argv)))
+    p.add_argument("--allow-uploads", action="store_true", default=None,
+                   help="let visitors add photos even when the app is public (ZSDEMO_ALLOW_UPLOADS=1); quotas apply.")
+    args = p.parse_args(argv)
+    if args.allow_uploads:  # the flag wins over the environment, as every flag does
+        os.environ["ZSDEMO_ALLOW_UPLOADS"] = "1"
+    return resolve_serve_config(vars(args))
+
+
+# ---------------------------------------------------------------------------------------------
+# Public-facing safety: server paths out of messages, lenient API inputs, one log line per client mistake
+# ---------------------------------------------------------------------------------------------
+_redact = Redactor({"the app folder": Path(__file__).resolve().parent, "the working folder": Path.cwd(),
+                    "~": Path.home()})
+
+
+def redactor_for(config: ServeConfig) -> Redactor:
+    """Replaces the cache folder, the app's folder, the working folder and the home folder in page text."""
+    return Redactor({"the cache folder": config.cache_dir, "the app folder": Path(__file__).resolve().parent,
+                     "the working folder": Path.cwd(), "~": Path.home()})
+
+
+class ApiSlider(gr.Slider):
+    """A Slider whose value reaches the handler unchecked, so the handler's own check (zsdemo.limits) answers a bad
+    API value with a readable message instead of Gradio's bounds error and its traceback in the log."""
+
+    is_template = True  # the page uses the Slider's own front end
+
+    def preprocess(self, payload: Any) -> Any:
+        return payload
+
+
+class ApiRadio(gr.Radio):
+    """A Radio whose value reaches the handler unchecked (the service refuses an unknown mode readably)."""
+
+    is_template = True
+
+    def preprocess(self, payload: Any) -> Any:
+        return payload
+
+
+class _QuietClientErrors:
+    """Stands in for the `traceback` module inside Gradio's request handlers: a client's mistake that Gradio
+    refuses itself (a refused file path, a component's bounds error) is logged as one line, not ~25; everything
+    else still prints its full traceback."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(traceback, name)
+
+    @staticmethod
+    def print_exc(*args: Any, **kwargs: Any) -> None:
+        from gradio.exceptions import Error, InvalidPathError
+
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (Error, InvalidPathError)):
+            log.info("request refused: %s: %s", type(exc).__name__, str(exc)[:200])
+        else:
+            traceback.print_exc(*args, **kwargs)
+
+
+def quiet_client_errors() -> None:
+    import gradio.queueing
+    import gradio.routes
+    import gradio.utils
+
+    for module in (gradio.routes, gradio.queueing, gradio.utils):
+        if getattr(module, "traceback", None) is traceback:
+            module.traceback = _QuietClientErrors()  # type: ignore[attr-defined]
+
+
+def client_key(request: gr.Request | None) -> str | None:
+    """Who sent a request, for rate limits: the first forwarded address (a Space's proxy sets it), else the peer."""
+    if request is None:
+        return None
+    forwarded = (request.headers.get("x-forwarded-for") or "").split(",")[0].strip()
+    host = getattr(getattr(request, "client", None), "host", None)
+    return forwarded or host or getattr(request, "session_hash", None)
+
+
+def _weights_name(pretrained: Any) -> str:
+    text = str(pretrained)
+    return Path(text).name if os.sep in text or text.endswith((".safetensors", ".bin", ".pt", ".pth")) else text
 
 
 # ---------------------------------------------------------------------------------------------
@@ -160,8 +243,9 @@ def parse_args(argv: Sequence[str] | None = None) -> ServeConfig:
 def banner_html(service: SearchService) -> str:
     """Startup progress or failure: the first mode's, then (once it is ready) any other mode's."""
     s = service.status
+    redact = redactor_for(service.config)
     if s.phase == "error":
-        return f"<div class='zs-banner zs-error'>⚠️ {html.escape(s.message).replace(chr(10), '<br>')}</div>"
+        return f"<div class='zs-banner zs-error'>⚠️ {html.escape(redact(s.message)).replace(chr(10), '<br>')}</div>"
     if s.phase != "ready":
         return _progress_banner(s.message, s.done, s.total)
     parts = []
@@ -170,7 +254,7 @@ def banner_html(service: SearchService) -> str:
         m = mode.status
         if m.phase == "error":
             parts.append(f"<div class='zs-banner zs-error'>⚠️ “{html.escape(mode.label)}” is not available: "
-                         f"{html.escape(m.message)}</div>")
+                         f"{html.escape(redact(m.message))}</div>")
         elif m.phase != "ready":
             parts.append(_progress_banner(f"Preparing “{mode.label}” (the other mode works now): {m.message}",
                                           m.done, m.total))
@@ -200,7 +284,7 @@ def info_markdown(service: SearchService) -> str:
         gallery = f"{d['photos']} photos, {d['search_backend']} search{skipped}"
     else:
         gallery = "not available" if d["phase"] == "error" else "being prepared"
-    return (f"**Backbone:** `{d['model']}` · weights `{d['pretrained']}`{query}{warn}  \n**Prompts:** {prompts}  \n"
+    return (f"**Backbone:** `{d['model']}` · weights `{_weights_name(d['pretrained'])}`{query}{warn}  \n**Prompts:** {prompts}  \n"
             f"**Gallery:** {gallery}")
 
 
@@ -234,8 +318,8 @@ def render_search(outcome: SearchOutcome, sketch: Any, mode: str | None = None) 
         return [], None, EMPTY_HINT, [], sketch
     if outcome.kind != "ok":
         icon = "⏳" if outcome.kind == "not_ready" and "Still" in outcome.message else "⚠️"
-        return [], None, f"{icon} {outcome.message}", [], sketch
-    items = [(str(hit.thumbnail), f"{hit.score:.3f} · {hit.name}") for hit in outcome.hits]
+        return [], None, f"{icon} {_redact(outcome.message)}", [], sketch
+    items = [(str(hit.thumbnail), f"{hit.score:.3f} · {neutralise(hit.name)}") for hit in outcome.hits]
     hits = [{"name": hit.name, "photo": str(hit.photo), "thumbnail": str(hit.thumbnail), "score": hit.score,
              "mode": mode} for hit in outcome.hits]
     return items, small_preview(outcome.preview), f"{outcome.message} Click a result to see why it matched.", hits, sketch
@@ -258,44 +342,67 @@ def build_demo(service: SearchService) -> gr.Blocks:
     service.on_gallery = serve_thumbnails
     if service.engine is not None:
         serve_thumbnails(service.engine.gallery)
+    quiet_client_errors()
+    redact = redactor_for(cfg)
     # Drawn strokes skip Gradio's queue (its join + event-stream round trips cost ~100 ms a stroke, measured by
-    # bench/browser.py), so this semaphore is what keeps searches to `concurrency` at a time.
-    searching = threading.BoundedSemaphore(max(1, cfg.concurrency))
+    # bench/browser.py), so this gate is what keeps searches to `concurrency` at a time; a bounded number wait
+    # (at most a few seconds), the rest hear "busy" at once. Uploaded sketches (a file decode each) have a gate of
+    # their own, so they cannot take the drawn strokes' slots; explanations and photo uploads have their own
+    # Gradio concurrency ids below.
+    searching = Gate("search", cfg.concurrency, max_waiting=max(1, cfg.queue_size), wait_s=10.0)
+    upload_searching = Gate("uploaded-sketch search", 1, max_waiting=max(1, cfg.queue_size // 4), wait_s=20.0)
+    search_rate = RateLimiter("search", per_second=8.0, burst=40)
+    upload_rate = RateLimiter("upload", per_second=0.2, burst=5)
+    policy = UploadPolicy.resolve(cfg.host, cfg.share)
+    quota = UploadQuota(policy)
+    if policy.public:
+        log.info("Public app (%s): adding photos is %s", policy.why_public, "on, with quotas" if policy.enabled
+                 else "off (ZSDEMO_ALLOW_UPLOADS=1 turns it on)")
 
     modes = service.modes
     choices = [(service.mode(name).label, name) for name in modes]
 
-    def run_search(sketch: Any, k: float | None, text: str | None, text_weight: float | None,
-                   mode: str | None) -> SearchView:
-        with searching:
-            outcome = service.search(sketch, int(k or cfg.default_k), text, text_weight, mode or None)
+    def run_search(sketch: Any, k: Any, text: Any, text_weight: Any, mode: Any, gate: Gate | None = None,
+                   client: str | None = None) -> SearchView:
+        try:
+            search_rate.check(client)
+            with (gate or searching).enter():
+                outcome = service.search(sketch, k, text, text_weight, mode or None)
+        except ZsdemoError as exc:  # busy or rate-limited: a readable answer, nothing queued
+            outcome = SearchOutcome("error", str(exc))
         if outcome.kind == "ok" and len(modes) > 1:
             outcome.message = f"{outcome.message[:-1]} ({service.mode(mode).label})."
-        return render_search(outcome, sketch, mode or modes[0])
+        return render_search(outcome, sketch, mode if isinstance(mode, str) and mode else modes[0])
 
     def search(sketch: str | None, k: float | None = None, text: str | None = None,
-               text_weight: float | None = None, mode: str | None = None) -> SearchView:
+               text_weight: float | None = None, mode: str | None = None,
+               request: gr.Request = None) -> SearchView:  # type: ignore[assignment]
         """The canvas endpoint: strokes JSON only (a string from the browser is never opened as a server path).
         `mode`: one of the served modes (category = this kind of thing, fine_grained = this exact one; plain)."""
+        if sketch is not None and not isinstance(sketch, str):
+            return [], None, "⚠️ /search takes the canvas's strokes as a JSON string.", [], None
         if not sketch or not sketch.strip():
             return [], None, EMPTY_HINT, [], None
         if not is_strokes_value(sketch):
             return ([], None, "⚠️ /search takes the canvas's strokes as JSON ({\"width\", \"height\", \"strokes\"}); "
                     "send a picture of a sketch to /search_upload instead.", [], None)
-        return run_search(sketch, k, text, text_weight, mode)
+        return run_search(sketch, k, text, text_weight, mode, client=client_key(request))
 
     def search_upload(path: str | None, k: float | None = None, text: str | None = None,
-                      text_weight: float | None = None, mode: str | None = None) -> SearchView:
+                      text_weight: float | None = None, mode: str | None = None,
+                      request: gr.Request = None) -> SearchView:  # type: ignore[assignment]
         if not path:
             return [], None, EMPTY_HINT, [], None
-        return run_search(str(path), k, text, text_weight, mode)
+        if service.is_served_file(str(path)):
+            return [], None, "⚠️ That file is one this app serves; upload a picture of a sketch instead.", [], None
+        return run_search(str(path), k, text, text_weight, mode, upload_searching, client_key(request))
 
     def rerun(sketch: Any, k: float | None, text: str | None, weight: float | None, mode: str | None) -> SearchView:
         return run_search(sketch, k, text, weight, mode) if sketch else ([], None, EMPTY_HINT, [], None)
 
     def explained(outcome: Any, title: str, for_page: bool = False) -> tuple[Image.Image | None, str]:
         if outcome.kind != "ok":
-            return None, f"{title}  \n⚠️ {outcome.message}"
+            return None, f"{title}  \n⚠️ {redact(outcome.message)}"
         image = outcome.image
         if for_page and max(image.size) < SHOWN_PHOTO_SIDE:  # small photos: enlarged on the page (API: photo's size)
             scale = SHOWN_PHOTO_SIDE / max(image.size)
@@ -324,19 +431,34 @@ def build_demo(service: SearchService) -> gr.Blocks:
     def explain(sketch: str | None, photo: str | None, mode: str | None = None) -> tuple[Image.Image | None, str]:
         """Why a photo matched: the canvas's strokes JSON, a photo's name as /search captions give it (after the
         " · "), and the mode. Returns the photo with the similarity map over it, and a caption."""
-        if not sketch or not is_strokes_value(sketch):
+        if not isinstance(sketch, str) or not is_strokes_value(sketch):
             return None, "⚠️ /explain takes the canvas's strokes as JSON, as /search does."
-        name = (photo or "").split(" · ")[-1].strip()
-        return explained(service.explain(name, sketch, mode or None), f"**{name}**")
+        if not isinstance(photo, str) or len(photo) > 1000:
+            return None, "⚠️ /explain takes a photo's name as /search captions give it."
+        name = photo.split(" · ")[-1].strip()
+        return explained(service.explain(name, sketch, mode or None), f"**{neutralise(name)[:200]}**")
 
-    def add(files: list[str] | None, progress: gr.Progress = gr.Progress()) -> tuple[str, str]:  # noqa: B008
+    def add(files: list[str] | None, progress: gr.Progress = gr.Progress(),  # noqa: B008
+            request: gr.Request = None) -> tuple[str, str]:  # type: ignore[assignment]
         def report(done: int, total: int, message: str) -> None:
             progress((done, total), desc=message or "Indexing")
 
-        outcome = service.add_photos(files, report)
-        message = outcome.message if outcome.ok else f"⚠️ {outcome.message}"
+        if not policy.enabled:
+            return f"⚠️ {policy.off_message()}", info_markdown(service)
+        paths = [str(f) for f in files or [] if isinstance(f, str)]
+        try:
+            upload_rate.check(client_key(request))
+            nbytes = sum(os.path.getsize(f) for f in paths if os.path.isfile(f))
+            quota.check(getattr(request, "session_hash", None), len(paths), nbytes, service.cache_dir / "uploads")
+        except ZsdemoError as exc:
+            log.info("add_photos refused: %s", exc)
+            return f"⚠️ {exc}", info_markdown(service)
+        outcome = service.add_photos(paths, report)
+        if outcome.added:
+            quota.record(getattr(request, "session_hash", None), outcome.added, nbytes)
+        message = redact(outcome.message if outcome.ok else f"⚠️ {outcome.message}")
         if outcome.skipped:
-            listed = "; ".join(f"{name}: {why}" for name, why in outcome.skipped[:10])
+            listed = "; ".join(f"{name}: {redact(why)}" for name, why in outcome.skipped[:10])
             message += f"  \n⚠️ Skipped {len(outcome.skipped)}: {listed}" + (" …" if len(outcome.skipped) > 10 else "")
         return message, info_markdown(service)
 
@@ -346,7 +468,7 @@ def build_demo(service: SearchService) -> gr.Blocks:
     with gr.Blocks(title="Sketch search", delete_cache=(3600, 3600)) as demo:
         gr.Markdown("# ✏️ Sketch search\nDraw a rough sketch; the photos that match it appear as you draw.")
         banner = gr.HTML(banner_html(service), elem_id="zs-banner")
-        mode = gr.Radio(choices, value=modes[0], label="Search for", elem_id="zs-mode", visible=len(modes) > 1,
+        mode = ApiRadio(choices, value=modes[0], label="Search for", elem_id="zs-mode", visible=len(modes) > 1,
                         info="“This kind of thing”: photos of the same category. “This exact one”: the photo of "
                              "this very object (fine-grained).")
         with gr.Row():
@@ -358,10 +480,10 @@ def build_demo(service: SearchService) -> gr.Blocks:
                     with gr.Tab("Upload a sketch"):
                         upload = gr.File(label="Sketch image (black lines on white work best)", file_count="single",
                                          file_types=list(PHOTO_EXTENSIONS), type="filepath", elem_id="zs-upload")
-                k = gr.Slider(1, cfg.max_k, value=cfg.default_k, step=1, label="Number of results")
+                k = ApiSlider(1, cfg.max_k, value=cfg.default_k, step=1, label="Number of results")
                 with gr.Accordion("Refine with text (optional)", open=False):
                     text = gr.Textbox(label="Text", placeholder="e.g. red  (press Enter)", max_length=200)
-                    weight = gr.Slider(0.0, 1.0, value=0.0, step=0.05, label="Text weight (0 = sketch only)")
+                    weight = ApiSlider(0.0, 1.0, value=0.0, step=0.05, label="Text weight (0 = sketch only)")
             with gr.Column(scale=1, min_width=220):
                 preview = gr.Image(label="what the model sees", type="pil", format="jpeg", interactive=False,
                                    height=240, elem_id="zs-preview")
@@ -376,7 +498,7 @@ def build_demo(service: SearchService) -> gr.Blocks:
         with gr.Row(visible=False):  # inputs of the /explain API endpoint only
             explain_sketch = gr.Textbox(label="sketch")
             explain_photo = gr.Textbox(label="photo")
-        with gr.Accordion("Add your own photos", open=False):
+        with gr.Accordion("Add your own photos", open=False, visible=policy.enabled):
             photos = gr.File(label="Photos", file_count="multiple", file_types=list(PHOTO_EXTENSIONS), type="filepath")
             add_button = gr.Button("Add to the gallery")
             add_status = gr.Markdown(elem_id="zs-add-status")
@@ -394,14 +516,15 @@ def build_demo(service: SearchService) -> gr.Blocks:
         sketch.change(search, [sketch, k, text, weight, mode], outputs, api_name="search", trigger_mode="always_last",
                       show_progress="hidden", queue=False)
         upload.change(search_upload, [upload, k, text, weight, mode], outputs, api_name="search_upload",
-                      trigger_mode="always_last", **search_kw)
+                      trigger_mode="always_last", show_progress="hidden", concurrency_id="search_upload",
+                      concurrency_limit=1)
         for trigger in (k.release, text.submit, weight.release, mode.change):
             trigger(rerun, [current, k, text, weight, mode], outputs, trigger_mode="always_last", **private)
         mode.change(lambda: (None, ""), None, [large, large_caption], api_visibility="private", queue=False)
         results.select(show_photo, [hits, current], [large, large_caption], api_visibility="private",
                        concurrency_id="search", concurrency_limit=cfg.concurrency)
         explain_photo.submit(explain, [explain_sketch, explain_photo, mode], [large, large_caption],
-                             api_name="explain", concurrency_id="search", concurrency_limit=cfg.concurrency)
+                             api_name="explain", concurrency_id="explain", concurrency_limit=1)
         add_button.click(add, photos, [add_status, info], api_name="add_photos", concurrency_limit=1,
                          concurrency_id="index").then(rerun, [current, k, text, weight, mode], outputs, **private)
 

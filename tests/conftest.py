@@ -54,9 +54,10 @@ def canvas_value(shape: str = "line", offset: int = 0, size: int = 448) -> str:
 
 
 @contextlib.contextmanager
-def running_app(args: list[str], env_extra: dict[str, str], timeout: float = 180.0):
+def running_app(args: list[str], env_extra: dict[str, str], timeout: float = 180.0, log_file=None):
     """`python app.py ARGS` as a user starts it (tiny random model, a free port on 127.0.0.1); yields a connected
-    gradio_client and the deadline for the rest of the test, and stops the app afterwards."""
+    gradio_client and the deadline for the rest of the test, and stops the app afterwards. With `log_file` (a path)
+    the server's output goes there, for the test to read."""
     import socket
     import subprocess
     import sys
@@ -71,12 +72,13 @@ def running_app(args: list[str], env_extra: dict[str, str], timeout: float = 180
     env = {**os.environ, "ZSDEMO_MODEL": TINY_MODEL, "ZSDEMO_PRETRAINED": "none", "GRADIO_SERVER_PORT": str(port),
            "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", **env_extra}
     root = Path(__file__).resolve().parent.parent
+    sink = open(log_file, "w") if log_file else subprocess.PIPE  # noqa: SIM115 (closed below)
     proc = subprocess.Popen([sys.executable, str(root / "app.py"), *args, "--host", "127.0.0.1"], cwd=root, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=sink, stderr=subprocess.STDOUT, text=True)
     try:
         end = time.monotonic() + timeout
         while True:
-            assert proc.poll() is None, proc.stdout.read()
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else Path(log_file).read_text()
             try:
                 client = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=False)
                 break
@@ -87,3 +89,5 @@ def running_app(args: list[str], env_extra: dict[str, str], timeout: float = 180
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+        if log_file:
+            sink.close()

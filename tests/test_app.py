@@ -53,13 +53,15 @@ def test_demo_wiring(service):
     by_name = {fn.api_name: fn for fn in demo.fns.values() if fn.api_name}
     search = by_name["search"]
     assert search.trigger_mode == "always_last" and search.show_progress == "hidden"
-    assert [type(b).__name__ for b in search.inputs] == ["HTML", "Slider", "Textbox", "Slider", "Radio"]
+    # the page components the front end renders (ApiSlider/ApiRadio only skip Gradio's own input checks)
+    assert [b.get_block_name() for b in search.inputs] == ["html", "slider", "textbox", "slider", "radio"]
     assert search.inputs[0].elem_id == "zs-sketch"
     public = {fn.api_name for fn in demo.fns.values() if fn.api_visibility == "public"}
     assert public == {"search", "search_upload", "add_photos", "explain"}
     assert demo._queue.max_size == service.config.queue_size  # bounded queue
     # drawn strokes skip the queue (one HTTP round trip instead of three); uploads still queue
-    assert search.queue is False and by_name["search_upload"].concurrency_limit == service.config.concurrency
+    assert search.queue is False and by_name["search_upload"].concurrency_limit == 1  # a kind of its own
+    assert by_name["search_upload"].concurrency_id == "search_upload" and by_name["explain"].concurrency_id == "explain"
 
 
 def test_canvas_endpoint_through_process_api(service):
