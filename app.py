@@ -175,23 +175,13 @@ def redactor_for(config: ServeConfig) -> Redactor:
                      "the working folder": Path.cwd(), "~": Path.home()})
 
 
-class ApiSlider(gr.Slider):
-    """A Slider whose value reaches the handler unchecked, so the handler's own check (zsdemo.limits) answers a bad
-    API value with a readable message instead of Gradio's bounds error and its traceback in the log."""
-
-    is_template = True  # the page uses the Slider's own front end
-
-    def preprocess(self, payload: Any) -> Any:
-        return payload
-
-
-class ApiRadio(gr.Radio):
-    """A Radio whose value reaches the handler unchecked (the service refuses an unknown mode readably)."""
-
-    is_template = True
-
-    def preprocess(self, payload: Any) -> Any:
-        return payload
+def unchecked(component: Any) -> Any:
+    """`component` (a Slider, a Radio) passing its value to the handler unchecked, so the handler's own check
+    (zsdemo.limits, the service) answers a bad API value with a readable message instead of Gradio's bounds
+    error and its traceback in the log. Set on the instance: a subclass of a Gradio component would make Gradio
+    write a .pyi stub beside this file at import."""
+    component.preprocess = lambda payload: payload
+    return component
 
 
 class _QuietClientErrors:
@@ -468,9 +458,9 @@ def build_demo(service: SearchService) -> gr.Blocks:
     with gr.Blocks(title="Sketch search", delete_cache=(3600, 3600)) as demo:
         gr.Markdown("# ✏️ Sketch search\nDraw a rough sketch; the photos that match it appear as you draw.")
         banner = gr.HTML(banner_html(service), elem_id="zs-banner")
-        mode = ApiRadio(choices, value=modes[0], label="Search for", elem_id="zs-mode", visible=len(modes) > 1,
+        mode = unchecked(gr.Radio(choices, value=modes[0], label="Search for", elem_id="zs-mode", visible=len(modes) > 1,
                         info="“This kind of thing”: photos of the same category. “This exact one”: the photo of "
-                             "this very object (fine-grained).")
+                             "this very object (fine-grained)."))
         with gr.Row():
             with gr.Column(scale=3):
                 with gr.Tabs():
@@ -480,10 +470,10 @@ def build_demo(service: SearchService) -> gr.Blocks:
                     with gr.Tab("Upload a sketch"):
                         upload = gr.File(label="Sketch image (black lines on white work best)", file_count="single",
                                          file_types=list(PHOTO_EXTENSIONS), type="filepath", elem_id="zs-upload")
-                k = ApiSlider(1, cfg.max_k, value=cfg.default_k, step=1, label="Number of results")
+                k = unchecked(gr.Slider(1, cfg.max_k, value=cfg.default_k, step=1, label="Number of results"))
                 with gr.Accordion("Refine with text (optional)", open=False):
                     text = gr.Textbox(label="Text", placeholder="e.g. red  (press Enter)", max_length=200)
-                    weight = ApiSlider(0.0, 1.0, value=0.0, step=0.05, label="Text weight (0 = sketch only)")
+                    weight = unchecked(gr.Slider(0.0, 1.0, value=0.0, step=0.05, label="Text weight (0 = sketch only)"))
             with gr.Column(scale=1, min_width=220):
                 preview = gr.Image(label="what the model sees", type="pil", format="jpeg", interactive=False,
                                    height=240, elem_id="zs-preview")

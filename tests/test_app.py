@@ -53,8 +53,7 @@ def test_demo_wiring(service):
     by_name = {fn.api_name: fn for fn in demo.fns.values() if fn.api_name}
     search = by_name["search"]
     assert search.trigger_mode == "always_last" and search.show_progress == "hidden"
-    # the page components the front end renders (ApiSlider/ApiRadio only skip Gradio's own input checks)
-    assert [b.get_block_name() for b in search.inputs] == ["html", "slider", "textbox", "slider", "radio"]
+    assert [type(b).__name__ for b in search.inputs] == ["HTML", "Slider", "Textbox", "Slider", "Radio"]
     assert search.inputs[0].elem_id == "zs-sketch"
     public = {fn.api_name for fn in demo.fns.values() if fn.api_visibility == "public"}
     assert public == {"search", "search_upload", "add_photos", "explain"}
