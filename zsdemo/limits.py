@@ -50,7 +50,7 @@ class StrokeLimits:
     max_chars: int = 400_000  # the JSON text
     max_points: int = 40_000
     max_side: int = 2048  # canvas width/height in pixels
-    max_brush: int = 64
+    max_brush: int = 16  # the page draws with 4; drawing cost grows with the width (a wider brush is clamped)
     max_depth: int = 4  # {"strokes": [[x, y, ...]]} is 3 deep; one more level of slack
     max_digits: int = 12  # an integer literal longer than this is no canvas coordinate
 
