@@ -15,7 +15,7 @@ from zsdemo.encoder import EncoderConfig, SketchPhotoEncoder
 from zsdemo.engine import SearchEngine, blend
 from zsdemo.errors import CacheError, EmptySketchError
 from zsdemo.gallery import Gallery, PhotoEntry, plan_update, read_generation, recorded_sources
-from zsdemo.index import IndexConfig
+from zsdemo.index import IndexConfig, estimate_exact_ms
 from zsdemo.prompts import PromptedViT, PromptSpec, save_checkpoint
 
 
@@ -338,10 +338,13 @@ def test_generations_are_memory_mapped_and_searched_in_place(tmp_path, tiny_enco
 
 def test_the_index_choice_and_tuned_search_k_are_recorded_at_build(tmp_path, tiny_encoder):
     make_photos(tmp_path / "p", 40)
-    budget = IndexConfig(min_annoy_items=10, latency_budget_ms=0.0, n_trees=5)  # any exact search is "too slow"
+    budget = IndexConfig(min_annoy_items=10, latency_budget_ms=0.0, n_trees=5,  # any exact search is "too slow"
+                         approximate="annoy")
     gallery, _ = Gallery.build([tmp_path / "p"], tmp_path / "c", tiny_encoder, index_cfg=budget)
     manifest = gallery.manifest
     assert manifest["index"] == "annoy" and gallery.backend == "annoy"
+    # recorded to significant figures, from the same (cached) measurement: never rounded to 0 on a fast CPU
+    assert manifest["exact_ms_estimate"] == pytest.approx(estimate_exact_ms(40, 32), rel=0.01)
     assert manifest["exact_ms_estimate"] > 0 and manifest["latency_budget_ms"] == 0.0
     assert manifest["search_k"] >= 1000 and manifest["tuned_recall_at_10"] >= 0.95 and manifest["n_trees"] == 5
     # reopened with the default config on (say) a faster machine: the builder's measured choice stands
@@ -354,3 +357,48 @@ def test_the_index_choice_and_tuned_search_k_are_recorded_at_build(tmp_path, tin
     # small galleries stay exact under the default budget (min_annoy_items)
     small, _ = Gallery.build([tmp_path / "p"], tmp_path / "c2", tiny_encoder)
     assert small.backend == "exact" and "exact_ms_estimate" not in small.manifest
+
+
+def test_past_the_budget_an_hnsw_index_is_built_recorded_reused_and_rebuilt_on_update(tmp_path, tiny_encoder,
+                                                                                       monkeypatch):
+    make_photos(tmp_path / "p", 40)
+    budget = IndexConfig(min_annoy_items=10, latency_budget_ms=0.0)  # default approximate index: HNSW
+    gallery, _ = Gallery.build([tmp_path / "p"], tmp_path / "c", tiny_encoder, index_cfg=budget)
+    manifest = gallery.manifest
+    assert manifest["index"] == "hnsw" and gallery.backend == "hnsw"
+    assert (manifest["hnsw_m"], manifest["hnsw_ef_construction"]) == (budget.hnsw_m, budget.hnsw_ef_construction)
+    assert manifest["ef"] >= 10 and manifest["tuned_recall_at_10"] >= 0.95 and manifest["measured_p50_ms"] > 0
+    index_file = gallery.generation_dir / "index.voy"
+    assert index_file.is_file() and not (gallery.generation_dir / "index.ann").exists()
+    # reopening uses the index on disk, as built and tuned: nothing is rebuilt
+    import zsdemo.gallery as gallery_module
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("the index was rebuilt on open")
+
+    monkeypatch.setattr(gallery_module, "build_index", no_build)
+    reopened = Gallery.open(tmp_path / "c", tiny_encoder)
+    assert reopened.backend == "hnsw" and reopened._searcher.ef == manifest["ef"]
+    for row in range(0, 40, 7):
+        hits = reopened.search(reopened.embeddings[row], 3)
+        assert hits[0].name == reopened.entries[row].name and hits[0].score == pytest.approx(1.0, abs=1e-4)
+    monkeypatch.undo()
+    # adding photos writes a new generation with its own index over every row, consistent with exact search
+    make_photos(tmp_path / "p", 5, start=100)
+    updated, report = Gallery.build([tmp_path / "p"], tmp_path / "c", tiny_encoder, index_cfg=budget)
+    assert report.added == 5 and len(updated) == 45 and updated.backend == "hnsw"
+    assert updated.generation_dir != gallery.generation_dir and (updated.generation_dir / "index.voy").is_file()
+    assert len(updated._searcher) == 45
+    exact = Gallery.open(tmp_path / "c", tiny_encoder, IndexConfig(annoy_threshold=10**6))
+    for row in range(45):
+        q = exact.embeddings[row]
+        assert [h.name for h in updated.search(q, 5)] == [h.name for h in exact.search(q, 5)]
+
+
+def test_a_lost_hnsw_index_file_is_refused(tmp_path, tiny_encoder):
+    make_photos(tmp_path / "p", 12)
+    budget = IndexConfig(min_annoy_items=10, latency_budget_ms=0.0)
+    gallery, _ = Gallery.build([tmp_path / "p"], tmp_path / "c", tiny_encoder, index_cfg=budget)
+    (gallery.generation_dir / "index.voy").unlink()
+    with pytest.raises(CacheError, match="lost its index"):
+        Gallery.open(tmp_path / "c", tiny_encoder)

@@ -140,11 +140,11 @@ def test_tune_search_k_reaches_the_target_recall(tmp_path):
 
 # ---- the index is chosen by a latency budget -------------------------------------------------------------
 @pytest.mark.parametrize(("us_per_row", "n", "expected"), [
-    (0.32, 100_000, "annoy"),  # AVX2 EPYC: 32 ms for 100k exceeds a 5 ms budget
+    (0.32, 100_000, "hnsw"),  # AVX2 EPYC: 32 ms for 100k exceeds a 5 ms budget
     (0.32, 15_000, "exact"),  # below min_annoy_items: always exact
-    (0.32, 20_000, "annoy"),  # 6.4 ms > 5 ms
+    (0.32, 20_000, "hnsw"),  # 6.4 ms > 5 ms
     (0.07, 50_000, "exact"),  # AVX-512 Xeon: 3.5 ms, within budget
-    (0.07, 100_000, "annoy"),  # 7 ms
+    (0.07, 100_000, "hnsw"),  # 7 ms
 ])
 def test_backend_is_chosen_by_the_latency_budget(us_per_row, n, expected):
     assert choose_backend(n, 512, IndexConfig(), us_per_row=us_per_row) == expected
@@ -161,3 +161,41 @@ def test_exact_cost_is_measured_on_this_machine():
     us = exact_us_per_row(512)
     assert 0.001 < us < 50, us  # a real measurement, cached for the process
     assert exact_us_per_row(512) == us
+
+
+# ---- HNSW (Voyager) ----------------------------------------------------------------------------------------
+def test_hnsw_recall_and_scores_against_exact(tmp_path):
+    from zsdemo.index import HnswSearcher, build_hnsw, tune_ef
+
+    emb = clustered(3000, clusters=100)
+    np.save(tmp_path / "e.npy", emb)
+    cfg = IndexConfig(build_threads=1)
+    build_hnsw(tmp_path / "e.npy", tmp_path / "i.voy", cfg)
+    assert not list(tmp_path.glob(".*.tmp")), "no temporary file left behind"
+    searcher = HnswSearcher(tmp_path / "i.voy", cfg)
+    assert len(searcher) == 3000
+    ef, tuned = tune_ef(searcher, tmp_path / "e.npy", target=0.95, n_queries=40)
+    assert tuned >= 0.95
+    queries = probe_queries(emb, 40, seed=7)  # held-out queries, not the tuning ones
+    truth = exact_search_many(emb, queries, 10)
+    assert recall_at_k(searcher, queries, truth, ef) >= 0.9
+    ids, scores = searcher.search(queries[0], 10)
+    assert np.allclose(scores, emb[ids] @ queries[0], atol=1e-4), "distances convert back to the exact cosine"
+    assert len(searcher.search(queries[0], 5000)[0]) == 3000
+
+
+def test_past_the_budget_hnsw_is_the_default_and_annoy_stays_selectable(monkeypatch):
+    import zsdemo.index as index_module
+
+    assert choose_backend(100_000, 512, IndexConfig(), us_per_row=0.32) == "hnsw"
+    assert choose_backend(100_000, 512, IndexConfig(approximate="annoy"), us_per_row=0.32) == "annoy"
+    monkeypatch.setattr(index_module, "hnsw_available", lambda: False)
+    assert choose_backend(100_000, 512, IndexConfig(), us_per_row=0.32) == "annoy", "falls back without voyager"
+    with pytest.raises(ValueError):
+        choose_backend(100_000, 512, IndexConfig(approximate="faiss"), us_per_row=0.32)
+
+
+def test_significant_figures_never_round_a_real_measurement_to_zero():
+    from zsdemo.index import significant
+
+    assert significant(0.00070049) == 0.0007 and significant(123.456) == 123.0 and significant(0.0) == 0.0

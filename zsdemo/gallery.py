@@ -7,8 +7,9 @@ Layout of a cache folder:
                             and the files that could not be read (so they are not retried until they change)
     gen-<id>/embeddings.npy (N, D) float32, L2-normalised, rows aligned with the manifest; written in
                             chunks and opened memory-mapped (processes serving one cache share its pages)
-    gen-<id>/index.ann      Annoy index over the same rows (on-disk build), only for galleries searched with
-                            Annoy: chosen by a latency budget measured on the building machine (zsdemo.index)
+    gen-<id>/index.voy      HNSW index (Voyager) or index.ann, Annoy (on-disk build), over the same rows, only
+                            for galleries searched approximately (exact, HNSW or Annoy is chosen by a
+                            latency budget measured on the building machine, zsdemo.index)
     build-<plan>/           a resumable encoding run (see `EncodeRun`): plan.json, then one shard-<i>.npy +
                             shard-<i>.json per finished shard, written as they are made; removed once merged
     thumbs/<key>.jpg        thumbnails (content-addressed by path, size and mtime)
@@ -44,14 +45,21 @@ from PIL import Image
 
 from zsdemo.errors import CacheError, ImageError
 from zsdemo.index import (
+    INDEX_FILES,
     METRIC,
     AnnoySearcher,
+    HnswSearcher,
     IndexConfig,
-    build_annoy,
+    build_index,
     choose_backend,
     estimate_exact_ms,
     exact_search,
     iter_row_chunks,
+    measure_p50_ms,
+    open_searcher,
+    probe_queries,
+    significant,
+    tune_ef,
     tune_search_k,
 )
 from zsdemo.preprocess import PHOTO_EXTENSIONS, load_photo, make_thumbnail, open_image
@@ -524,20 +532,24 @@ class Gallery:
         self.skipped: list[SkippedFile] = [SkippedFile(**s) for s in manifest.get("skipped", [])]
         self.sources = [Path(s) for s in manifest["sources"]]
         self.generation_dir = cache_dir / manifest["generation"]
-        self._annoy: AnnoySearcher | None = None
-        index_file = self.generation_dir / "index.ann"
+        self._searcher: AnnoySearcher | HnswSearcher | None = None
         if index_cfg.annoy_threshold is not None:  # an explicit threshold overrides the choice recorded at build
             wanted = choose_backend(len(self.entries), int(manifest["dim"]), index_cfg)
         else:  # the builder measured exact search's cost on its machine; reopening must not re-decide by noise
             wanted = manifest.get("index", "exact")
-        if wanted == "annoy" and self.entries:
+        if wanted in INDEX_FILES and self.entries:
+            index_file = self.generation_dir / INDEX_FILES[wanted]
             searcher_cfg, tuned = index_cfg, None
-            if manifest.get("index") == "annoy" and index_file.is_file():  # built (and tuned) with the generation
+            if manifest.get("index") == wanted and index_file.is_file():  # built (and tuned) with the generation
                 searcher_cfg = replace(index_cfg, n_trees=int(manifest.get("n_trees") or index_cfg.n_trees))
-                tuned = manifest.get("search_k")
+                tuned = manifest.get("search_k" if wanted == "annoy" else "ef")
             elif not index_file.is_file():  # built when the gallery was small, or with another threshold
-                build_annoy(self._matrix_source(), index_file, index_cfg)
-            self._annoy = AnnoySearcher(index_file, int(manifest["dim"]), searcher_cfg, tuned)
+                build_index(wanted, self._matrix_source(), index_file, index_cfg)
+            self._searcher = open_searcher(wanted, index_file, int(manifest["dim"]), searcher_cfg, tuned)
+
+    @property
+    def _annoy(self) -> AnnoySearcher | None:
+        return self._searcher if isinstance(self._searcher, AnnoySearcher) else None
 
     thumbs_dir = property(lambda self: self.cache_dir / "thumbs")
     uploads_dir = property(lambda self: self.cache_dir / "uploads")
@@ -551,14 +563,16 @@ class Gallery:
 
     @property
     def backend(self) -> str:
-        return "annoy" if self._annoy is not None else "exact"
+        if self._searcher is None:
+            return "exact"
+        return "annoy" if isinstance(self._searcher, AnnoySearcher) else "hnsw"
 
     def search(self, query: np.ndarray, k: int = 10) -> list[Hit]:
         """Top-k photos for an L2-normalised query vector."""
         if len(self.entries) == 0 or k <= 0:
             return []
-        if self._annoy is not None:
-            ids, scores = self._annoy.search(query, k)
+        if self._searcher is not None:
+            ids, scores = self._searcher.search(query, k)
         else:
             ids, scores = exact_search(self.embeddings, query, k)
         return [self._hit(int(i), float(s)) for i, s in zip(ids, scores, strict=True)]
@@ -631,9 +645,10 @@ class Gallery:
                                                         runner or encode_locally, shard_size)
                 except Exception as exc:
                     # A failed build leaves the previous generation live and nothing of its own behind; only
-                    # an interruption (KeyboardInterrupt, kill -9) or a lost process (`resumable`) keeps the
-                    # finished shards for the next run to resume from.
-                    if not getattr(exc, "resumable", False):
+                    # an interruption (KeyboardInterrupt, kill -9), a lost process (`resumable`) or a run that
+                    # already finished shards (a rank killed under a distributed build: the survivor sees only a
+                    # communication error) keeps them for the next run, which resumes the same plan's folder.
+                    if not getattr(exc, "resumable", False) and not _has_finished_shards(cache_dir):
                         _remove_unfinished(cache_dir)
                     raise
         except BaseException as exc:
@@ -796,7 +811,7 @@ def read_generation(cache_dir: Path) -> tuple[dict[str, Any], np.ndarray]:
             or not embeddings.flags.c_contiguous:
         raise CacheError(f"The gallery cache in {cache_dir} is inconsistent (embeddings {embeddings.shape} for "
                          f"{len(manifest['entries'])} photos); rebuild it with `python -m zsdemo index --cache {cache_dir}`.")
-    if manifest.get("index") == "annoy" and not (generation / "index.ann").is_file():
+    if manifest.get("index") in INDEX_FILES and not (generation / INDEX_FILES[manifest["index"]]).is_file():
         raise CacheError(f"The gallery cache in {cache_dir} has lost its index file; rebuild it with "
                          f"`python -m zsdemo index --cache {cache_dir}`.")
     return manifest, embeddings
@@ -852,21 +867,12 @@ def write_generation(cache_dir: Path, entries: list[PhotoEntry], embeddings: np.
     backend = choose_backend(len(entries), dim, index_cfg)
     index_info: dict[str, Any] = {"index": backend, "n_trees": 0}
     if index_cfg.annoy_threshold is None and len(entries) >= index_cfg.min_annoy_items:
-        index_info["exact_ms_estimate"] = round(estimate_exact_ms(len(entries), dim), 3)
+        # significant figures, not decimals: on a fast CPU a small gallery's estimate is well under 0.001 ms
+        index_info["exact_ms_estimate"] = significant(estimate_exact_ms(len(entries), dim))
         index_info["latency_budget_ms"] = index_cfg.latency_budget_ms
-    if backend == "annoy":
-        started = time.perf_counter()
-        build_annoy(generation / "embeddings.npy", generation / "index.ann", index_cfg)
-        written.append(generation / "index.ann")
-        index_info.update(n_trees=index_cfg.n_trees, annoy_build_s=round(time.perf_counter() - started, 2))
-        searcher = AnnoySearcher(generation / "index.ann", dim, index_cfg)
-        try:
-            search_k, recall = tune_search_k(searcher, generation / "embeddings.npy", index_cfg.target_recall)
-        finally:
-            searcher.unload()
-        index_info.update(search_k=search_k, tuned_recall_at_10=round(recall, 4))
-        log.info("Annoy index: %d trees, search_k %d for recall@10 %.3f (%.0f s)", index_cfg.n_trees, search_k,
-                 recall, index_info["annoy_build_s"])
+    if backend in INDEX_FILES:
+        index_info.update(_build_and_tune(backend, generation, dim, index_cfg))
+        written.append(generation / INDEX_FILES[backend])
     manifest = {
         "version": CACHE_VERSION,
         "complete": True,
@@ -901,6 +907,33 @@ def _remove_unfinished(cache_dir: Path) -> None:
     for child in [*Path(cache_dir).glob(f"{RUN_PREFIX}*"), *Path(cache_dir).glob("gen-*")]:
         if child.name != live:
             shutil.rmtree(child, ignore_errors=True)
+
+
+def _build_and_tune(backend: str, generation: Path, dim: int, index_cfg: IndexConfig) -> dict[str, Any]:
+    """Build the approximate index of a generation, tune its query setting for the target recall and
+    measure its latency there: what the manifest records about it."""
+    source = generation / "embeddings.npy"
+    started = time.perf_counter()
+    build_index(backend, source, generation / INDEX_FILES[backend], index_cfg)
+    info: dict[str, Any] = {"index_build_s": round(time.perf_counter() - started, 2)}
+    searcher = open_searcher(backend, generation / INDEX_FILES[backend], dim, index_cfg)
+    try:
+        if isinstance(searcher, AnnoySearcher):
+            setting, recall = tune_search_k(searcher, source, index_cfg.target_recall)
+            info.update(n_trees=index_cfg.n_trees, annoy_build_s=info["index_build_s"], search_k=setting)
+        else:
+            setting, recall = tune_ef(searcher, source, index_cfg.target_recall)
+            info.update(hnsw_m=index_cfg.hnsw_m, hnsw_ef_construction=index_cfg.hnsw_ef_construction, ef=setting)
+        searcher_at = replace(index_cfg, search_k=setting) if backend == "annoy" else replace(index_cfg, ef=setting)
+        tuned = open_searcher(backend, generation / INDEX_FILES[backend], dim, searcher_at)
+        info["measured_p50_ms"] = significant(measure_p50_ms(tuned, probe_queries(source, 100, seed=1)))
+        tuned.unload()
+    finally:
+        searcher.unload()
+    info["tuned_recall_at_10"] = round(recall, 4)
+    log.info("%s index: %s %d for recall@10 %.3f, p50 %.3g ms (built in %.0f s)", backend, "search_k" if
+             backend == "annoy" else "ef", setting, recall, info["measured_p50_ms"], info["index_build_s"])
+    return info
 
 
 def _has_finished_shards(cache_dir: Path) -> bool:

@@ -1,15 +1,26 @@
-"""Nearest-neighbour search over L2-normalised embeddings: exact (torch/numpy) and approximate (Annoy).
+"""Nearest-neighbour search over L2-normalised embeddings: exact (torch/numpy) and approximate (HNSW via
+Voyager, or Annoy).
 
 Exact search is the oracle and the default for small galleries. Which one a gallery uses is decided by
 a latency budget, measured on the machine that builds it (`choose_backend`): exact search streams the
-whole matrix per query, so its cost is linear in the gallery size and set by memory bandwidth - about
-0.3 us a row (512-d) on a 2-core AVX2 EPYC, 0.07 us on an AVX-512 Xeon. Once it would exceed
-`IndexConfig.latency_budget_ms`, Annoy (angular metric; cos = 1 - d^2 / 2) takes over. Annoy's
-`search_k` is tuned per gallery at build time for recall@10 >= `target_recall` against exact search
-(`tune_search_k`) and recorded in the manifest.
+whole matrix per query, so its cost is linear in the gallery size and set by memory bandwidth. Once it
+would exceed `IndexConfig.latency_budget_ms`, an approximate index takes over: `IndexConfig.approximate`,
+HNSW by default. The approximate index is tuned per gallery at build time for recall@10 >= `target_recall`
+against exact search (`tune_search_k` for Annoy's `search_k`, `tune_ef` for HNSW's `ef`), its latency at
+that setting is measured on probe queries, and all of it is recorded in the manifest.
+
+Why HNSW by default: on 512-d CLIP-like vectors Annoy needs a very large `search_k` for recall@10 >= 0.95
+(its trees were made for fewer dimensions), so past a few hundred thousand rows it costs about as much as
+the exact search it replaces; an HNSW graph reaches the same recall visiting a few thousand vectors.
+What Annoy does well, and what it is kept for: its index is a memory-mapped file, so every process serving
+a cache shares one copy of it through the OS page cache, and its on-disk build needs almost no anonymous
+memory. An HNSW index (Voyager) is loaded into each process's own memory. Choose Annoy
+(`IndexConfig(approximate="annoy")`) where several processes serve one large cache on little RAM; it is
+also the fallback when Voyager is not installed.
 
 Everything here works on memory-mapped embeddings (`np.load(..., mmap_mode="r")`): nothing copies the
-whole matrix, and Annoy is built with its on-disk build, fed from the .npy file in chunks.
+whole matrix; both indexes are fed from the .npy file in chunks and written under a temporary name, then
+renamed, so an index file exists only when complete.
 """
 
 from __future__ import annotations
@@ -23,6 +34,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,6 +44,9 @@ log = logging.getLogger(__name__)
 
 METRIC = "angular"
 DEFAULT_SEARCH_K = 20_000  # used when a gallery has no tuned value (Annoy's own default, n_trees * k, is poor)
+DEFAULT_EF = 64  # used when an HNSW gallery has no tuned value
+EF_LADDER = (10, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+BACKENDS = ("exact", "annoy", "hnsw")
 SEARCH_K_LADDER = (1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 200_000, 500_000)
 CHUNK_ROWS = 65_536  # rows per chunk when streaming a matrix from disk (32 MiB at 512-d float32)
 
@@ -45,6 +60,11 @@ class IndexConfig:
     min_annoy_items: int = 20_000  # below this, exact search always (Annoy is no faster there, measured)
     target_recall: float = 0.95  # recall@10 that tune_search_k aims for
     seed: int = 0
+    approximate: str = "hnsw"  # the index used past the budget: "hnsw" (Voyager) or "annoy"
+    hnsw_m: int = 16  # HNSW graph degree (links per node on the upper layers, 2x on the base layer)
+    hnsw_ef_construction: int = 100  # candidates kept while inserting (build time against graph quality)
+    ef: int | None = None  # HNSW query candidates; None: the gallery's tuned value (manifest), else DEFAULT_EF
+    build_threads: int = -1  # threads for building either index; -1: all cores
 
 
 # ---- exact search -------------------------------------------------------------------------------
@@ -136,14 +156,42 @@ def estimate_exact_ms(n: int, dim: int, us_per_row: float | None = None) -> floa
     return n * (exact_us_per_row(dim) if us_per_row is None else us_per_row) / 1000.0
 
 
+def hnsw_available() -> bool:
+    """Whether Voyager (the HNSW library) is importable here."""
+    try:
+        import voyager  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def approximate_backend(cfg: IndexConfig) -> str:
+    """The approximate index a gallery past the budget gets: `cfg.approximate`, or Annoy when HNSW is asked
+    for but Voyager is missing (with a warning)."""
+    if cfg.approximate not in ("hnsw", "annoy"):
+        raise ValueError(f"unknown approximate index {cfg.approximate!r}: use 'hnsw' or 'annoy'")
+    if cfg.approximate == "hnsw" and not hnsw_available():
+        log.warning("voyager is not installed: large galleries fall back to Annoy (pip install voyager)")
+        return "annoy"
+    return cfg.approximate
+
+
 def choose_backend(n: int, dim: int, cfg: IndexConfig, us_per_row: float | None = None) -> str:
-    """'annoy' or 'exact' for a gallery of `n` rows: an explicit `annoy_threshold` decides alone; otherwise
-    Annoy once exact search would exceed the latency budget (and the gallery has `min_annoy_items`)."""
+    """'exact', 'hnsw' or 'annoy' for a gallery of `n` rows: an explicit `annoy_threshold` decides alone
+    (Annoy at or above it); otherwise exact search while its estimated cost per query stays within the
+    latency budget (or the gallery is under `min_annoy_items`), the approximate index past it."""
     if cfg.annoy_threshold is not None:
         return "annoy" if n >= cfg.annoy_threshold else "exact"
     if n < cfg.min_annoy_items:
         return "exact"
-    return "annoy" if estimate_exact_ms(n, dim, us_per_row) > cfg.latency_budget_ms else "exact"
+    if estimate_exact_ms(n, dim, us_per_row) <= cfg.latency_budget_ms:
+        return "exact"
+    return approximate_backend(cfg)
+
+
+def significant(value: float, digits: int = 3) -> float:
+    """`value` rounded to `digits` significant figures (a tiny but real measurement never becomes 0)."""
+    return float(f"{value:.{digits}g}")
 
 
 # ---- Annoy ------------------------------------------------------------------------------------------
@@ -168,7 +216,7 @@ def build_annoy(embeddings: np.ndarray | Path, path: Path, cfg: IndexConfig) -> 
                 row += 1
         if index is None:
             raise ValueError("cannot build an Annoy index over no rows")
-        index.build(cfg.n_trees, n_jobs=-1)
+        index.build(cfg.n_trees, n_jobs=cfg.build_threads)
         index.unload()
         os.replace(tmp, path)
     finally:
@@ -217,7 +265,9 @@ def probe_queries(source: np.ndarray | Path, n_queries: int, seed: int = 0, cosi
     return (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
 
 
-def recall_at_k(searcher: AnnoySearcher, queries: np.ndarray, truth: np.ndarray, search_k: int, k: int = 10) -> float:
+def recall_at_k(searcher: AnnoySearcher | HnswSearcher, queries: np.ndarray, truth: np.ndarray, search_k: int,
+                k: int = 10) -> float:
+    """recall@k against `truth` at one setting (Annoy's search_k, or HNSW's ef)."""
     hits = 0
     for q, t in zip(queries, truth, strict=True):
         hits += len(set(searcher.search(q, k, search_k)[0].tolist()) & set(t.tolist()))
@@ -239,3 +289,110 @@ def tune_search_k(searcher: AnnoySearcher, source: np.ndarray | Path, target: fl
             return search_k, recall
     log.warning("Annoy reaches recall@%d %.3f at most (search_k=%d); more trees would help", k, recall, ladder[-1])
     return ladder[-1], recall
+
+
+def measure_p50_ms(searcher: AnnoySearcher | HnswSearcher, queries: np.ndarray, k: int = 10) -> float:
+    """Median latency of one query (one thread) on this machine, in milliseconds, after one warm-up pass."""
+    for q in queries[:10]:
+        searcher.search(q, k)
+    latencies = []
+    for q in queries:
+        started = time.perf_counter()
+        searcher.search(q, k)
+        latencies.append(time.perf_counter() - started)
+    return float(np.median(latencies)) * 1000.0
+
+
+# ---- HNSW (Voyager) ---------------------------------------------------------------------------------
+def build_hnsw(embeddings: np.ndarray | Path, path: Path, cfg: IndexConfig) -> None:
+    """Build an HNSW index (Voyager, inner product on L2-normalised rows) over `embeddings` (an array or a
+    .npy file) and save it at `path`. Row i gets id i. The graph is built in memory (about the matrix's size
+    plus 8 * hnsw_m bytes a row), sized for all rows up front so it never reallocates; the rows are fed
+    from the file in chunks. Written under a temporary name, then renamed."""
+    from voyager import Index, Space, StorageDataType
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    n = source_rows(embeddings)
+    if n == 0:
+        raise ValueError("cannot build an HNSW index over no rows")
+    index: Any = None
+    try:
+        row = 0
+        for chunk in iter_row_chunks(embeddings):
+            if index is None:
+                index = Index(Space.InnerProduct, num_dimensions=int(chunk.shape[1]), M=cfg.hnsw_m,
+                              ef_construction=cfg.hnsw_ef_construction, random_seed=cfg.seed + 1, max_elements=n,
+                              storage_data_type=StorageDataType.Float32)
+            index.add_items(chunk, ids=list(range(row, row + chunk.shape[0])), num_threads=cfg.build_threads)
+            row += chunk.shape[0]
+        index.save(str(tmp))
+        del index
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def source_rows(source: np.ndarray | Path) -> int:
+    """Number of rows of a matrix or a .npy file (reads only the header)."""
+    return int(source.shape[0]) if isinstance(source, np.ndarray) else int(np.load(source, mmap_mode="r").shape[0])
+
+
+class HnswSearcher:
+    """A saved HNSW index (Voyager), loaded into this process's memory. Queries from several threads at once
+    are safe (read-only; Voyager releases the GIL while searching)."""
+
+    def __init__(self, path: Path, cfg: IndexConfig, ef: int | None = None) -> None:
+        from voyager import Index
+
+        self.cfg = cfg
+        # explicit config > the gallery's tuned value > the default
+        self.ef = cfg.ef or ef or DEFAULT_EF
+        self.index = Index.load(str(path))
+
+    def __len__(self) -> int:
+        return int(self.index.num_elements)
+
+    def search(self, query: np.ndarray, k: int, ef: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        k = min(k, len(self))
+        if k <= 0:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        ids, dists = self.index.query(np.ascontiguousarray(query, dtype=np.float32), k=k, num_threads=1,
+                                      query_ef=max(ef or self.ef, k))
+        return ids.astype(np.int64), (1.0 - dists).astype(np.float32)  # inner-product distance is 1 - cos
+
+    def unload(self) -> None:
+        self.index = None
+
+
+def tune_ef(searcher: HnswSearcher, source: np.ndarray | Path, target: float = 0.95, n_queries: int = 100,
+            k: int = 10, seed: int = 0) -> tuple[int, float]:
+    """The smallest ef on EF_LADDER whose recall@k against exact search reaches `target` on probe queries:
+    (ef, recall). When none does, the largest, with a warning (a larger hnsw_ef_construction or hnsw_m helps)."""
+    queries = probe_queries(source, n_queries, seed)
+    truth = exact_search_many(source, queries, k)
+    recall = 0.0
+    for ef in [e for e in EF_LADDER if e >= k] or [k]:
+        recall = recall_at_k(searcher, queries, truth, ef, k)
+        if recall >= target:
+            return ef, recall
+    log.warning("HNSW reaches recall@%d %.3f at most (ef=%d)", k, recall, EF_LADDER[-1])
+    return EF_LADDER[-1], recall
+
+
+def open_searcher(backend: str, path: Path, dim: int, cfg: IndexConfig,
+                  tuned: int | None = None) -> AnnoySearcher | HnswSearcher:
+    """The searcher for a saved index of `backend` ('annoy' or 'hnsw'), with its tuned setting."""
+    if backend == "annoy":
+        return AnnoySearcher(path, dim, cfg, tuned)
+    if backend == "hnsw":
+        return HnswSearcher(path, cfg, tuned)
+    raise ValueError(f"no index file for backend {backend!r}")
+
+
+def build_index(backend: str, embeddings: np.ndarray | Path, path: Path, cfg: IndexConfig) -> None:
+    """Build the index file of `backend` ('annoy' or 'hnsw')."""
+    (build_annoy if backend == "annoy" else build_hnsw)(embeddings, path, cfg)
+
+
+INDEX_FILES = {"annoy": "index.ann", "hnsw": "index.voy"}
