@@ -4,7 +4,7 @@ Run `python app.py` (starter gallery, OpenAI CLIP ViT-B/32) or see `python app.p
 option also reads an environment variable (zsdemo/config.py lists them), so a Hugging Face Space is
 configured without code changes (docs/SPACES.md).
 
-This file is only the page: layout, rendering and thin adapters around `zsdemo.service.SearchService`,
+This file is only the page: layout, rendering and thin adapters around `zsdemo.serve.service.SearchService`,
 which does the work (model, gallery, search, uploads) and is tested without a server.
 
 The canvas is a small HTML/JS component of our own (`gr.HTML`): it draws on the first stroke with mouse,
@@ -15,7 +15,7 @@ which cost more than the search itself (README, "What was measured").
 Modes: with `--prompts CATEGORY.safetensors --fine-grained-prompts FG.safetensors` the page has a switch
 (`#zs-mode`: "Find this kind of thing" / "Find this exact one") that re-runs the current sketch; `/search`
 takes the mode as its last parameter (default: the first mode). Clicking a result shows the photo with the
-similarity map of the sketch to its patches (zsdemo.explain); `/explain` returns the same image.
+similarity map of the sketch to its patches (zsdemo.search.explain); `/explain` returns the same image.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ from PIL import Image
 from zsdemo.config import ServeConfig, resolve_hub_file, resolve_serve_config
 from zsdemo.errors import ZsdemoError
 from zsdemo.limits import Gate, RateLimiter, Redactor, UploadPolicy, UploadQuota, neutralise
-from zsdemo.preprocess import PHOTO_EXTENSIONS, is_strokes_value
-from zsdemo.service import (
+from zsdemo.model.preprocess import PHOTO_EXTENSIONS, is_strokes_value
+from zsdemo.serve.service import (
     CATEGORY,
     FINE_GRAINED,
     MODE_FLAGS,
@@ -46,7 +46,7 @@ from zsdemo.service import (
     check_prompt_kind,
     served_modes,
 )
-from zsdemo.weblog import quiet_dropped_connections
+from zsdemo.serve.weblog import quiet_dropped_connections
 
 log = logging.getLogger("zsdemo.app")
 
@@ -405,7 +405,7 @@ def build_demo(service: SearchService) -> gr.Blocks:
         if index is None or not 0 <= index < len(hits):
             return None, ""
         hit = hits[index]
-        from zsdemo.gallery import Hit
+        from zsdemo.store.gallery import Hit
 
         found = Hit(hit["name"], Path(hit["photo"]), Path(hit["thumbnail"]), hit["score"])
         title = f"**#{index + 1} · {hit['name']}** · similarity {hit['score']:.3f}"

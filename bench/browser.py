@@ -318,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
             variants = ["as-is"]
             urls = [(variants[0], args.url, None)]
         else:
-            from zsdemo.encoder import EncoderConfig, SketchPhotoEncoder
+            from zsdemo.model.encoder import EncoderConfig, SketchPhotoEncoder
 
             cache = args.cache or work / "cache"
             if not (cache / "CURRENT").is_file():

@@ -34,10 +34,10 @@ def cpu_model() -> str:
 
 
 def machine_info() -> dict[str, Any]:
-    """CPU model, SIMD level / VNNI / native bf16 (zsdemo.precision.cpu_features), cores, threads, load."""
+    """CPU model, SIMD level / VNNI / native bf16 (zsdemo.query.precision.cpu_features), cores, threads, load."""
     import torch
 
-    from zsdemo.precision import cpu_features, cpu_label
+    from zsdemo.query.precision import cpu_features, cpu_label
 
     features = cpu_features()
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
@@ -64,7 +64,7 @@ def interleaved(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 2
     """Time each function `repeats` times, round-robin (rotating the order), in milliseconds; with `budget_s`,
     stop once that many seconds have passed and at least `min_repeats` rounds are in (busy machines).
     The same timing loop the encoder uses to choose its query path at start."""
-    from zsdemo.precision import time_interleaved
+    from zsdemo.query.precision import time_interleaved
 
     times = time_interleaved(fns, repeats, warmup=warmup, budget_s=budget_s, min_repeats=min_repeats)
     return {name: np.asarray(t) for name, t in times.items()}
@@ -156,8 +156,8 @@ def synthetic_gallery(cache_dir: Path, encoder: Any, n: int, n_real: int = 8, in
     embedding-like vectors reusing the real entries' thumbnails, made with the public Gallery.create."""
     import dataclasses
 
-    from zsdemo.gallery import Gallery
-    from zsdemo.index import IndexConfig
+    from zsdemo.store.gallery import Gallery
+    from zsdemo.store.index import IndexConfig
 
     photos = cache_dir.parent / f"{cache_dir.name}-photos"
     photo_files(photos, n_real)
@@ -194,8 +194,8 @@ def app_gallery(cache_dir: Path, encoder: Any, n: int, photos_dir: Path | None =
     import dataclasses
     import shutil
 
-    from zsdemo.gallery import Gallery
-    from zsdemo.starter import starter_photos_dir
+    from zsdemo.store.gallery import Gallery
+    from zsdemo.store.starter import starter_photos_dir
 
     photos = photos_dir or starter_photos_dir(cache_dir.parent)
     real, _ = Gallery.build([photos], cache_dir, encoder)

@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.url:
             url, pid = args.url, args.pid
         else:
-            from zsdemo.encoder import EncoderConfig, SketchPhotoEncoder
+            from zsdemo.model.encoder import EncoderConfig, SketchPhotoEncoder
 
             started = time.perf_counter()
             encoder = SketchPhotoEncoder.load(EncoderConfig(model=args.model, pretrained=args.pretrained))

@@ -47,9 +47,9 @@ def write_checkpoints(model: str, folder: Path) -> tuple[Path, Path]:
     """Random prompt checkpoints of both kinds for `model` (random backbone, never downloaded)."""
     import torch
 
-    from zsdemo.encoder import create_clip
-    from zsdemo.preprocess import PREPROCESS_VERSION
-    from zsdemo.prompts import PromptedViT, PromptSpec, save_checkpoint
+    from zsdemo.model.encoder import create_clip
+    from zsdemo.model.preprocess import PREPROCESS_VERSION
+    from zsdemo.model.prompts import PromptedViT, PromptSpec, save_checkpoint
 
     visual = create_clip(model, "none").visual
     paths = []
@@ -64,7 +64,7 @@ def child(args: argparse.Namespace) -> None:
     """Runs in a fresh process: load one configuration, print {"rss_mb": ...} (and the explain timings)."""
     import torch
 
-    from zsdemo.encoder import EncoderConfig, SketchPhotoEncoder
+    from zsdemo.model.encoder import EncoderConfig, SketchPhotoEncoder
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -94,8 +94,8 @@ def child(args: argparse.Namespace) -> None:
 
 def time_explain(encoder: Any, reps: int) -> dict[str, float]:
     from bench.common import draw_canvas
-    from zsdemo.explain import explain_photo
-    from zsdemo.preprocess import clean_sketch
+    from zsdemo.model.preprocess import clean_sketch
+    from zsdemo.search.explain import explain_photo
 
     rng = np.random.default_rng(0)
     from PIL import Image, ImageDraw

@@ -7,11 +7,11 @@
 
 What it prints, each figure beside the CPU it was measured on (model and AVX2/AVX-512/VNNI/bf16 flags):
 1. the image encoder on one image: stock open_clip fp32 (the reference), the prompted fp32 encoder, and
-   every candidate query path (zsdemo.precision: torch int8 / bf16, ONNX Runtime fp32 / int8 with signed
+   every candidate query path (zsdemo.query.precision: torch int8 / bf16, ONNX Runtime fp32 / int8 with signed
    and unsigned weights, optionally OpenVINO and torch.compile), all interleaved round by round: p50, p95,
    ratio to stock, and cosine to the prompted fp32 encoder (min over drawn sketches; a path is acceptable
    only at >= 0.99);
-2. what `auto` picks here (zsdemo.precision.select_query_path) and how long choosing takes at load, with
+2. what `auto` picks here (zsdemo.query.precision.select_query_path) and how long choosing takes at load, with
    the ONNX export (first load) and with the cached files (every later load);
 3. with --trained-tiny: each path's cosine on the tiny ViT pretrained CLIP-style on synthetic photos
    (train/pretrain_tiny.py), because random weights quantise unusually well;
@@ -60,9 +60,10 @@ from bench.common import (
     sketchpad_value,
     synthetic_gallery,
 )
-from zsdemo.encoder import EncoderConfig, SketchPhotoEncoder, create_clip
-from zsdemo.engine import SearchEngine
-from zsdemo.precision import (
+from zsdemo.model.encoder import EncoderConfig, SketchPhotoEncoder, create_clip
+from zsdemo.model.preprocess import clean_sketch
+from zsdemo.model.prompts import PromptedViT, PromptSpec
+from zsdemo.query.precision import (
     MIN_QUERY_COSINE,
     OnnxQueryModel,
     canonical_path,
@@ -74,8 +75,7 @@ from zsdemo.precision import (
     quantize_onnx,
     select_query_path,
 )
-from zsdemo.preprocess import clean_sketch
-from zsdemo.prompts import PromptedViT, PromptSpec
+from zsdemo.search.engine import SearchEngine
 
 log = logging.getLogger("bench.query")
 TARGET_RATIO = 0.33  # end-to-end sketch query p50 must be at most this x the stock fp32 encoder p50

@@ -7,7 +7,7 @@ throughput on 1 vs 2 processes.
 
 Per gallery size (synthetic 512-d unit vectors shaped like CLIP embeddings: power-law spectrum, coarse
 clusters with fine sub-clusters, a shared direction; generated in chunks straight to disk):
-  build    - in a child process, through zsdemo.gallery.write_generation (the code a real build runs):
+  build    - in a child process, through zsdemo.store.gallery.write_generation (the code a real build runs):
              wall time, Annoy build time, peak RSS (ru_maxrss and sampled anonymous/file-backed peaks),
              bytes on disk; the index choice (latency budget) and the tuned search_k are the library's own.
   serve    - a child process opens the cache like the app (Gallery.open): startup time and RSS; query p50/p95
@@ -50,7 +50,7 @@ DIM = 512
 def write_vectors(path: Path, n: int, seed: int, n_queries: int, chunk: int = 65_536) -> np.ndarray:
     """Write (n, DIM) float32 unit vectors to `path` (.npy) in chunks; return (n_queries, DIM) held-out
     queries from the same distribution (same recipe as bench.common.synthetic_embeddings, chunked)."""
-    from zsdemo.gallery import _write_npy
+    from zsdemo.store.gallery import _write_npy
 
     rng = np.random.default_rng(seed)
     scale = (np.arange(1, DIM + 1) ** -0.75).astype(np.float32)
@@ -89,7 +89,7 @@ class StubEncoder:
 
 
 def fake_entries(n: int) -> list[Any]:
-    from zsdemo.gallery import PhotoEntry
+    from zsdemo.store.gallery import PhotoEntry
 
     return [PhotoEntry(f"dept-{i // 10_000:03d}/img_{i:07d}.jpg", f"/data/photos/dept-{i // 10_000:03d}/img_{i:07d}.jpg",
                        250_000 + i, 1_700_000_000_000_000_000 + i, f"{i:020x}.jpg") for i in range(n)]
@@ -141,8 +141,8 @@ def max_rss() -> int:
 
 # ---- child processes ------------------------------------------------------------------------------------
 def child_build(vectors: Path, cache: Path, n_trees: int) -> dict[str, Any]:
-    from zsdemo.gallery import cache_lock, write_generation
-    from zsdemo.index import IndexConfig, iter_row_chunks
+    from zsdemo.store.gallery import cache_lock, write_generation
+    from zsdemo.store.index import IndexConfig, iter_row_chunks
 
     baseline = proc_status()
     entries = fake_entries(np.load(vectors, mmap_mode="r").shape[0])
@@ -162,8 +162,8 @@ def child_build(vectors: Path, cache: Path, n_trees: int) -> dict[str, Any]:
 def child_serve(cache: Path, queries: Path, truth: Path, sweep: bool, hold: float) -> dict[str, Any]:
     baseline = proc_status()
     started = time.perf_counter()
-    from zsdemo.gallery import Gallery
-    from zsdemo.index import exact_search
+    from zsdemo.store.gallery import Gallery
+    from zsdemo.store.index import exact_search
 
     imported = time.perf_counter()
     before_open = proc_status()
@@ -241,7 +241,7 @@ def gib(b: float) -> str:
 
 # ---- sections -------------------------------------------------------------------------------------------
 def bench_vectors(n: int, work: Path, n_trees: int, n_queries: int, verdicts: list[str], machine: str) -> dict[str, Any]:
-    from zsdemo.index import exact_search_many
+    from zsdemo.store.index import exact_search_many
 
     print(f"\n== {n:,} x {DIM} vectors [{machine}]", flush=True)
     vectors = work / f"vectors-{n}.npy"
@@ -367,7 +367,7 @@ def main() -> None:
         return
 
     from bench.common import machine_info, machine_line
-    from zsdemo.index import IndexConfig
+    from zsdemo.store.index import IndexConfig
 
     info = machine_info()
     machine = f"{info['cpu']}, {info['cpu_label']}, {info['cores']} cores"

@@ -28,9 +28,9 @@ import numpy as np
 import torch
 
 from bench.common import interleaved, machine_info, machine_line, p50, photo_files, row, synthetic_embeddings
-from zsdemo.encoder import EncoderConfig, SketchPhotoEncoder
-from zsdemo.gallery import Gallery
-from zsdemo.index import AnnoySearcher, IndexConfig, build_annoy, exact_search
+from zsdemo.model.encoder import EncoderConfig, SketchPhotoEncoder
+from zsdemo.store.gallery import Gallery
+from zsdemo.store.index import AnnoySearcher, IndexConfig, build_annoy, exact_search
 
 
 def run(model: str = "ViT-B-32-quickgelu", pretrained: str = "none", quick: bool = False, repeats: int = 30) -> dict[str, Any]:

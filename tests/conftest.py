@@ -11,12 +11,12 @@ from PIL import Image, ImageDraw
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-TINY_MODEL = "zsdemo-tiny-vit"  # zsdemo/model_configs/zsdemo-tiny-vit.json
+TINY_MODEL = "zsdemo-tiny-vit"  # zsdemo/model/configs/zsdemo-tiny-vit.json
 
 
 @pytest.fixture(scope="session")
 def tiny_encoder():
-    from zsdemo.encoder import EncoderConfig, SketchPhotoEncoder
+    from zsdemo.model.encoder import EncoderConfig, SketchPhotoEncoder
 
     return SketchPhotoEncoder.load(EncoderConfig(model=TINY_MODEL, pretrained="none"))
 

@@ -11,7 +11,7 @@ from PIL import Image
 import app
 from tests.conftest import TINY_MODEL, canvas_value
 from zsdemo.config import ServeConfig
-from zsdemo.service import SearchService
+from zsdemo.serve.service import SearchService
 
 
 @pytest.fixture(scope="module")
@@ -76,9 +76,9 @@ def test_canvas_endpoint_through_process_api(service):
 
 def test_prompt_checkpoint_is_loaded_and_shown(tmp_path):
     """--prompts FILE: loaded with the backbone and named (with its hash) on the page; a mismatch is a message."""
-    from zsdemo.encoder import create_clip
-    from zsdemo.preprocess import PREPROCESS_VERSION
-    from zsdemo.prompts import PromptedViT, PromptSpec, save_checkpoint
+    from zsdemo.model.encoder import create_clip
+    from zsdemo.model.preprocess import PREPROCESS_VERSION
+    from zsdemo.model.prompts import PromptedViT, PromptSpec, save_checkpoint
 
     prompted = PromptedViT(create_clip(TINY_MODEL, "none").visual, PromptSpec(n_prompts=3))
     ckpt = save_checkpoint(tmp_path / "sketchy.safetensors", prompted, TINY_MODEL, "none", PREPROCESS_VERSION)

@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 import app
 from tests.conftest import TINY_MODEL, canvas_value, draw_sketch, running_app
 from zsdemo.config import ServeConfig
-from zsdemo.service import SearchService
+from zsdemo.serve.service import SearchService
 
 pytestmark = pytest.mark.slow
 

@@ -16,10 +16,10 @@ from bench import common as bench
 from bench import query as query_bench
 from bench import search as search_bench
 from conftest import TINY_MODEL
-from zsdemo.encoder import EncoderConfig, SketchPhotoEncoder, create_clip
-from zsdemo.precision import LinearSelfAttention, cls_only_last_block, linearize_attention
-from zsdemo.preprocess import clean_sketch
-from zsdemo.prompts import PromptedViT, PromptSpec
+from zsdemo.model.encoder import EncoderConfig, SketchPhotoEncoder, create_clip
+from zsdemo.model.preprocess import clean_sketch
+from zsdemo.model.prompts import PromptedViT, PromptSpec
+from zsdemo.query.precision import LinearSelfAttention, cls_only_last_block, linearize_attention
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -120,7 +120,7 @@ def test_cls_only_last_block_is_exact_in_fp32(spec):
 
 
 def test_exact_search_torch_path_matches_numpy_sort():
-    from zsdemo.index import exact_search
+    from zsdemo.store.index import exact_search
 
     vectors, queries = bench.synthetic_embeddings(3000, 64, seed=5, n_queries=5)
     for q in queries:

@@ -19,7 +19,7 @@ import pytest
 import app
 from tests.conftest import TINY_MODEL
 from zsdemo.config import ServeConfig
-from zsdemo.service import SearchService
+from zsdemo.serve.service import SearchService
 
 pytestmark = pytest.mark.slow
 

@@ -101,7 +101,7 @@ def test_local_weights_file_is_loaded(tmp_path):
     """A user's downloaded weights: a safetensors file of the same architecture."""
     from safetensors.torch import save_file
 
-    from zsdemo.encoder import create_clip
+    from zsdemo.model.encoder import create_clip
 
     model = create_clip("zsdemo-tiny-vit", "none")
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "w.safetensors"))
@@ -125,7 +125,7 @@ def _photos(folder: Path, n: int) -> Path:
 
 
 def _names(work: Path, cache: str) -> set[str]:
-    from zsdemo.gallery import read_generation
+    from zsdemo.store.gallery import read_generation
 
     manifest, _ = read_generation(work / cache)
     return {e["name"] for e in manifest["entries"]}
@@ -137,7 +137,7 @@ def test_index_without_folders_keeps_the_users_gallery(tmp_path):
     # the cache goes stale (other weights); `index` with no folders re-encodes the user's photos
     from safetensors.torch import save_file
 
-    from zsdemo.encoder import create_clip
+    from zsdemo.model.encoder import create_clip
 
     weights = tmp_path / "w.safetensors"
     save_file({k: v.contiguous() for k, v in create_clip("zsdemo-tiny-vit", "none").state_dict().items()}, str(weights))
@@ -154,7 +154,7 @@ def test_a_second_builder_waits_for_the_lock(tmp_path):
     """A real second process on a cache being built: it says it waits, waits, then finishes cleanly."""
     import time
 
-    from zsdemo.gallery import cache_lock
+    from zsdemo.store.gallery import cache_lock
 
     _photos(tmp_path / "mine", 4)
     assert run("index", "mine", "--cache", "c", cwd=tmp_path).returncode == 0

@@ -1,4 +1,4 @@
-"""Indexing spread over processes (zsdemo.distributed): 2 real CPU ranks under torchrun build the same
+"""Indexing spread over processes (zsdemo.store.distributed): 2 real CPU ranks under torchrun build the same
 gallery as one process; a rank killed with SIGKILL leaves finished shards that the next run does not
 re-encode; shards and resumption inside one process; memory-mapped serving keeps RSS bounded."""
 
@@ -15,8 +15,8 @@ import pytest
 from test_gallery import CountingEncoder, make_photos
 
 from zsdemo.errors import CacheError
-from zsdemo.gallery import RUN_PREFIX, EncodeRun, Gallery, default_shard_size, read_generation
-from zsdemo.index import IndexConfig
+from zsdemo.store.gallery import RUN_PREFIX, EncodeRun, Gallery, default_shard_size, read_generation
+from zsdemo.store.index import IndexConfig
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {"PYTHONPATH": str(REPO), "ZSDEMO_MODEL": "zsdemo-tiny-vit", "ZSDEMO_PRETRAINED": "none",
@@ -99,7 +99,7 @@ def test_a_killed_rank_resumes_without_re_encoding_finished_shards(tmp_path):
 def test_shards_are_fixed_by_the_plan_and_split_round_robin(tmp_path, tiny_encoder):
     assert default_shard_size(10) == 16 and default_shard_size(64 * 100) == 100 and default_shard_size(10**7) == 1024
     make_photos(tmp_path / "p", 10)
-    from zsdemo.gallery import plan_update
+    from zsdemo.store.gallery import plan_update
 
     plan = plan_update([tmp_path / "p"], tmp_path / "c", tiny_encoder.fingerprint())
     (tmp_path / "c").mkdir()
@@ -138,7 +138,7 @@ def test_an_interrupted_first_build_keeps_its_shards_and_resumes(tmp_path, tiny_
 
 
 def test_dataloader_encoding_equals_encode_photos(tmp_path, tiny_encoder):
-    from zsdemo.distributed import DistributedRunner, Processes
+    from zsdemo.store.distributed import DistributedRunner, Processes
 
     make_photos(tmp_path / "p", 9)
     (tmp_path / "p" / "bad.png").write_bytes(b"\x89PNG broken")
@@ -174,7 +174,7 @@ def status():
             out[key] = int(value.split()[0]) * 1024
     return out
 import numpy as np
-from zsdemo.gallery import Gallery
+from zsdemo.store.gallery import Gallery
 sys.path.insert(0, sys.argv[2])
 from test_distributed_index import StubEncoder
 before = status()
@@ -201,7 +201,7 @@ class StubEncoder:
 
 @pytest.mark.slow
 def test_serving_a_large_cache_does_not_load_its_embeddings_into_memory(tmp_path):
-    from zsdemo.gallery import PhotoEntry, cache_lock, write_generation
+    from zsdemo.store.gallery import PhotoEntry, cache_lock, write_generation
 
     n, dim = 200_000, 512
     rng = np.random.default_rng(0)

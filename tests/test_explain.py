@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 
 from tests.conftest import TINY_MODEL
-from zsdemo.explain import (
+from zsdemo.model.prompts import PromptedViT, PromptSpec
+from zsdemo.search.explain import (
     colour_map,
     explain_photo,
     model_view_box,
@@ -16,7 +17,6 @@ from zsdemo.explain import (
     photo_patch_tokens,
     similarity_grid,
 )
-from zsdemo.prompts import PromptedViT, PromptSpec
 
 
 def hand_made_tokens(hot: tuple[int, int], side: int = 7, dim: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -101,7 +101,7 @@ def test_bad_shapes_are_refused():
                                   PromptSpec(n_prompts=2, shared=True, layernorm=True, deep=True)])
 def test_patch_tokens_come_from_the_branch_the_photos_were_indexed_with(spec):
     """Its [CLS] output is exactly the photo embedding; the patch tokens share its projection (same dimension)."""
-    from zsdemo.encoder import create_clip
+    from zsdemo.model.encoder import create_clip
 
     clip = create_clip(TINY_MODEL, "none")
     prompted = PromptedViT(clip.visual, spec, generator=torch.Generator().manual_seed(1)).eval()

@@ -16,8 +16,8 @@ pq = pytest.importorskip("pyarrow.parquet")
 
 from test_gallery import make_photos  # noqa: E402
 
-from zsdemo.export import export_parquet, stable_id  # noqa: E402
-from zsdemo.gallery import Gallery  # noqa: E402
+from zsdemo.store.export import export_parquet, stable_id  # noqa: E402
+from zsdemo.store.gallery import Gallery  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from zsdemo.encoder import EncoderConfig, SketchPhotoEncoder
-from zsdemo.engine import SearchEngine, blend
 from zsdemo.errors import CacheError, EmptySketchError
-from zsdemo.gallery import Gallery, PhotoEntry, plan_update, read_generation, recorded_sources
-from zsdemo.index import IndexConfig, estimate_exact_ms
-from zsdemo.prompts import PromptedViT, PromptSpec, save_checkpoint
+from zsdemo.model.encoder import EncoderConfig, SketchPhotoEncoder
+from zsdemo.model.prompts import PromptedViT, PromptSpec, save_checkpoint
+from zsdemo.search.engine import SearchEngine, blend
+from zsdemo.store.gallery import Gallery, PhotoEntry, plan_update, read_generation, recorded_sources
+from zsdemo.store.index import IndexConfig, estimate_exact_ms
 
 
 class CountingEncoder:
@@ -132,7 +132,7 @@ def test_interrupted_build_keeps_the_previous_cache(tmp_path, tiny_encoder, monk
     first, _ = Gallery.build([tmp_path / "p"], tmp_path / "c", tiny_encoder)
     make_photos(tmp_path / "p", 3, start=10)
 
-    import zsdemo.gallery as gallery_module
+    import zsdemo.store.gallery as gallery_module
 
     def crash(*args, **kwargs):
         raise KeyboardInterrupt("killed while writing the index")
@@ -150,7 +150,7 @@ def test_interrupted_build_keeps_the_previous_cache(tmp_path, tiny_encoder, monk
 
 def test_interrupted_first_build_leaves_no_valid_cache(tmp_path, tiny_encoder, monkeypatch):
     make_photos(tmp_path / "p", 2)
-    import zsdemo.gallery as gallery_module
+    import zsdemo.store.gallery as gallery_module
 
     monkeypatch.setattr(gallery_module, "_write_atomic", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
     with pytest.raises(OSError):
@@ -371,7 +371,7 @@ def test_past_the_budget_an_hnsw_index_is_built_recorded_reused_and_rebuilt_on_u
     index_file = gallery.generation_dir / "index.voy"
     assert index_file.is_file() and not (gallery.generation_dir / "index.ann").exists()
     # reopening uses the index on disk, as built and tuned: nothing is rebuilt
-    import zsdemo.gallery as gallery_module
+    import zsdemo.store.gallery as gallery_module
 
     def no_build(*args, **kwargs):
         raise AssertionError("the index was rebuilt on open")

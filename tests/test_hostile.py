@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 
 from zsdemo.errors import EmptySketchError, ImageError
-from zsdemo.gallery import RUN_PREFIX, Gallery
 from zsdemo.limits import neutralise, parse_strokes, safe_stem
-from zsdemo.preprocess import MAX_SKETCH_SIDE, clean_sketch, load_photo, open_image, strokes_to_image
+from zsdemo.model.preprocess import MAX_SKETCH_SIDE, clean_sketch, load_photo, open_image, strokes_to_image
+from zsdemo.store.gallery import RUN_PREFIX, Gallery
 
 
 def photos_in(folder, n: int = 4):
@@ -108,7 +108,7 @@ def test_a_photo_that_fails_the_transform_is_skipped_not_blocking(tmp_path, tiny
             raise OverflowError("simulated")  # what PIL raised for the 39,000,000 x 1 upload
         return original(image)
 
-    from zsdemo.preprocess import guarded
+    from zsdemo.model.preprocess import guarded
 
     monkeypatch.setattr(tiny_encoder, "transform", guarded(transform))
     gallery, report = Gallery.build([photos], tmp_path / "c", tiny_encoder)
@@ -147,7 +147,7 @@ def test_uploads_that_fail_are_removed_and_odd_names_are_kept_renamed(tmp_path, 
             raise OverflowError("simulated")
         return original(image)
 
-    from zsdemo.preprocess import guarded
+    from zsdemo.model.preprocess import guarded
 
     monkeypatch.setattr(tiny_encoder, "transform", guarded(transform))
     files = [up / ".hidden.jpg", up / "..\\..\\x.png", up / "bad.png"]

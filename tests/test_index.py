@@ -7,7 +7,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from zsdemo.index import (
+from zsdemo.store.index import (
     DEFAULT_SEARCH_K,
     SEARCH_K_LADDER,
     AnnoySearcher,
@@ -165,7 +165,7 @@ def test_exact_cost_is_measured_on_this_machine():
 
 # ---- HNSW (Voyager) ----------------------------------------------------------------------------------------
 def test_hnsw_recall_and_scores_against_exact(tmp_path):
-    from zsdemo.index import HnswSearcher, build_hnsw, tune_ef
+    from zsdemo.store.index import HnswSearcher, build_hnsw, tune_ef
 
     emb = clustered(3000, clusters=100)
     np.save(tmp_path / "e.npy", emb)
@@ -185,7 +185,7 @@ def test_hnsw_recall_and_scores_against_exact(tmp_path):
 
 
 def test_past_the_budget_hnsw_is_the_default_and_annoy_stays_selectable(monkeypatch):
-    import zsdemo.index as index_module
+    import zsdemo.store.index as index_module
 
     assert choose_backend(100_000, 512, IndexConfig(), us_per_row=0.32) == "hnsw"
     assert choose_backend(100_000, 512, IndexConfig(approximate="annoy"), us_per_row=0.32) == "annoy"
@@ -196,6 +196,6 @@ def test_past_the_budget_hnsw_is_the_default_and_annoy_stays_selectable(monkeypa
 
 
 def test_significant_figures_never_round_a_real_measurement_to_zero():
-    from zsdemo.index import significant
+    from zsdemo.store.index import significant
 
     assert significant(0.00070049) == 0.0007 and significant(123.456) == 123.0 and significant(0.0) == 0.0

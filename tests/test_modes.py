@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw
 import app
 from tests.conftest import TINY_MODEL, canvas_value, running_app
 from zsdemo.config import ServeConfig
-from zsdemo.service import CATEGORY, FINE_GRAINED, PLAIN, SearchService
+from zsdemo.serve.service import CATEGORY, FINE_GRAINED, PLAIN, SearchService
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN_STEPS = 4  # a few optimiser steps: enough for a real checkpoint of each kind, ~20-40 s per run on 2 cores
@@ -80,7 +80,7 @@ def both(prompts, tmp_path_factory) -> SearchService:
 
 
 def test_checkpoints_are_the_two_kinds(prompts):
-    from zsdemo.prompts import read_checkpoint
+    from zsdemo.model.prompts import read_checkpoint
 
     category, fine, _ = prompts
     assert read_checkpoint(category).spec.shared is False and read_checkpoint(fine).spec.shared is True

@@ -1,4 +1,4 @@
-"""The sketch query path registry and its selection at load (zsdemo.precision), with the tiny model."""
+"""The sketch query path registry and its selection at load (zsdemo.query.precision), with the tiny model."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import zsdemo.precision as precision
+import zsdemo.query.precision as precision
 from conftest import TINY_MODEL
-from zsdemo.encoder import EncoderConfig, SketchPhotoEncoder, create_clip
 from zsdemo.errors import ZsdemoError
-from zsdemo.precision import (
+from zsdemo.model.encoder import EncoderConfig, SketchPhotoEncoder, create_clip
+from zsdemo.model.prompts import PromptedViT, PromptSpec
+from zsdemo.query.precision import (
     MIN_QUERY_COSINE,
     auto_candidates,
     canonical_path,
@@ -23,7 +24,6 @@ from zsdemo.precision import (
     select_query_path,
     summarize,
 )
-from zsdemo.prompts import PromptedViT, PromptSpec
 
 needs_ort = pytest.mark.skipif(not precision.onnxruntime_available(), reason="onnxruntime not installed")
 

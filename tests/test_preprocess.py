@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw
 
 from conftest import draw_sketch
 from zsdemo.errors import EmptySketchError, ImageError
-from zsdemo.preprocess import ImageLimits, clean_sketch, flatten_to_rgb, load_photo, open_image
+from zsdemo.model.preprocess import ImageLimits, clean_sketch, flatten_to_rgb, load_photo, open_image
 
 
 def ink_box(image: Image.Image) -> tuple[int, int, int, int] | None:
@@ -173,7 +173,7 @@ def test_photo_modes_and_gif_first_frame(tmp_path):
 
 
 def test_streams_and_arrays_obey_the_same_limits():
-    from zsdemo.preprocess import sketch_to_image
+    from zsdemo.model.preprocess import sketch_to_image
 
     stream = io.BytesIO(b"\x00" * 2000)
     with pytest.raises(ImageError, match="MB limit"):
@@ -206,7 +206,7 @@ def test_messages_can_hide_server_file_names(tmp_path):
 def test_strokes_are_drawn_like_the_canvas():
     import json
 
-    from zsdemo.preprocess import strokes_to_image
+    from zsdemo.model.preprocess import strokes_to_image
 
     value = {"width": 200, "height": 100, "brush": 6, "strokes": [[20, 50, 180, 50], [100, 80]]}
     image = strokes_to_image(json.dumps(value))

@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from zsdemo.encoder import EncoderConfig, SketchPhotoEncoder, create_clip
 from zsdemo.errors import CheckpointError
-from zsdemo.prompts import PromptedViT, PromptSpec, read_checkpoint, save_checkpoint
+from zsdemo.model.encoder import EncoderConfig, SketchPhotoEncoder, create_clip
+from zsdemo.model.prompts import PromptedViT, PromptSpec, read_checkpoint, save_checkpoint
 
 TINY = "zsdemo-tiny-vit"
 

@@ -8,8 +8,8 @@ from PIL import Image
 
 from tests.conftest import TINY_MODEL, canvas_value, draw_sketch
 from zsdemo.config import ServeConfig
-from zsdemo.gallery import Gallery
-from zsdemo.service import LARGE_PHOTO_SIDE, SearchService
+from zsdemo.serve.service import LARGE_PHOTO_SIDE, SearchService
+from zsdemo.store.gallery import Gallery
 
 
 def photos_in(folder, n: int = 5):
@@ -77,7 +77,7 @@ def test_search_ranks_and_clamps_k(service):
 
 def test_strokes_and_the_same_drawing_as_pixels_agree(service):
     """The canvas sends strokes; an API client may send the picture: same drawing, same top results."""
-    from zsdemo.preprocess import strokes_to_image
+    from zsdemo.model.preprocess import strokes_to_image
 
     value = canvas_value("box")
     by_strokes = service.search(value, 5).hits

@@ -19,8 +19,8 @@ from train.data import DataError
 from train.synthetic import generate
 from train.testing import TINY, TINY_FG, fit_cmd, read_jsonl, torchrun_cmd
 from train.testing import run_env as env
-from zsdemo.encoder import EncoderConfig, SketchPhotoEncoder
-from zsdemo.prompts import read_checkpoint
+from zsdemo.model.encoder import EncoderConfig, SketchPhotoEncoder
+from zsdemo.model.prompts import read_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import torch
 
 from train.pretrain_tiny import MODEL, instance_nce, instance_pool, pretrain
 from train.synthetic import SHAPES
-from zsdemo.encoder import create_clip
+from zsdemo.model.encoder import create_clip
 
 
 def test_instance_views_differ_in_colour_and_nce_prefers_the_true_pair():

@@ -7,7 +7,7 @@ import torch
 
 from train.losses import category_losses, fine_grained_losses
 from train.model import build_model, class_text_embeddings, count_trainable, export_prompts, spec_for
-from zsdemo.encoder import EncoderConfig, SketchPhotoEncoder
+from zsdemo.model.encoder import EncoderConfig, SketchPhotoEncoder
 
 
 @pytest.mark.parametrize("setting, expected", [("category", 84_480), ("fine_grained", 42_240)])

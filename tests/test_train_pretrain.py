@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from train.pretrain_tiny import pretrain
 from train.synthetic import generate
 from train.testing import TINY
-from zsdemo.encoder import EncoderConfig, SketchPhotoEncoder, create_clip
+from zsdemo.model.encoder import EncoderConfig, SketchPhotoEncoder, create_clip
 
 
 def test_pretrained_file_loads_through_the_engine_and_differs_from_random(tmp_path):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from zsdemo.weblog import DroppedConnectionFilter
+from zsdemo.serve.weblog import DroppedConnectionFilter
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -117,7 +117,7 @@ def learning_check(out_dir: Path, overrides: list[str], pretrained: str) -> dict
     train_s = time.perf_counter() - start
     accelerator = Accelerator()
     split = split_from_config(cfg)
-    from zsdemo.prompts import read_checkpoint
+    from zsdemo.model.prompts import read_checkpoint
 
     ckpt = read_checkpoint(out_dir / "prompts.safetensors")
     rows: dict[str, dict[str, float]] = {}
@@ -157,7 +157,7 @@ def fine_grained_check(out_root: Path, pretrained: str, taus: list[float], seeds
     from train.data import eval_transform, split_from_config
     from train.eval import eval_loaders, evaluate
     from train.synthetic import generate
-    from zsdemo.prompts import read_checkpoint
+    from zsdemo.model.prompts import read_checkpoint
 
     config = Path(__file__).resolve().parent / "configs" / "tiny_fine_grained.yaml"
     base = [f"pretrained={pretrained}", "progress=false", "log_every=1", f"data_root={out_root / 'data'}", *overrides]

@@ -26,7 +26,7 @@ from typing import Any
 from train.config import TrainConfig, load_config
 from train.data import LOAD_ERRORS, DataError, Part, Split, check_trainable, load_sketch, split_from_config
 from train.layouts import LAYOUTS, STANDARD_COUNTS, StandardCounts
-from zsdemo.preprocess import load_photo
+from zsdemo.model.preprocess import load_photo
 
 log = logging.getLogger("train.check_data")
 

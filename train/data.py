@@ -34,7 +34,7 @@ from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 from zsdemo.errors import EmptySketchError, ZsdemoError
-from zsdemo.preprocess import (
+from zsdemo.model.preprocess import (
     DEFAULT_SKETCH_POLICY,
     PHOTO_EXTENSIONS,
     Transform,

@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from accelerate import Accelerator
 
     from train.model import build_model, spec_for
-    from zsdemo.prompts import check_compatible, read_checkpoint
+    from zsdemo.model.prompts import check_compatible, read_checkpoint
 
     parser = argparse.ArgumentParser(description="Evaluate prompts (or frozen CLIP) on the unseen classes.")
     parser.add_argument("--config", required=True)

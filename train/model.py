@@ -11,9 +11,9 @@ import open_clip
 import torch
 from torch import nn
 
-from zsdemo.encoder import create_clip
-from zsdemo.preprocess import PREPROCESS_VERSION
-from zsdemo.prompts import PromptedViT, PromptSpec, save_checkpoint
+from zsdemo.model.encoder import create_clip
+from zsdemo.model.preprocess import PREPROCESS_VERSION
+from zsdemo.model.prompts import PromptedViT, PromptSpec, save_checkpoint
 
 log = logging.getLogger(__name__)
 

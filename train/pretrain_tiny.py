@@ -37,7 +37,7 @@ from safetensors.torch import save_file
 
 from train.data import augment, eval_transform
 from train.synthetic import SHAPES, _instance, render_photo
-from zsdemo.encoder import create_clip
+from zsdemo.model.encoder import create_clip
 
 log = logging.getLogger("train.pretrain_tiny")
 MODEL = "zsdemo-tiny-vit"

@@ -33,7 +33,7 @@ def _serve_config(args: argparse.Namespace, manifest: dict[str, Any] | None = No
 
 
 def _encoder(config: ServeConfig, **overrides: Any):
-    from zsdemo.encoder import EncoderConfig, SketchPhotoEncoder
+    from zsdemo.model.encoder import EncoderConfig, SketchPhotoEncoder
 
     prompts = resolve_hub_file(config.prompts) if config.prompts else None
     cfg = EncoderConfig.from_serve(config, prompts)
@@ -57,10 +57,10 @@ def _progress_bar(desc: str):
 
 def cmd_index(args: argparse.Namespace) -> int:
     """Index photo folders; under torchrun / accelerate launch the encoding is spread over the processes
-    (zsdemo.distributed): only the main process takes the cache lock, plans, merges and prints."""
-    from zsdemo.distributed import DistributedRunner, Processes, follow
-    from zsdemo.gallery import Gallery, recorded_sources
-    from zsdemo.service import gallery_sources
+    (zsdemo.store.distributed): only the main process takes the cache lock, plans, merges and prints."""
+    from zsdemo.serve.service import gallery_sources
+    from zsdemo.store.distributed import DistributedRunner, Processes, follow
+    from zsdemo.store.gallery import Gallery, recorded_sources
 
     procs = Processes()
     try:
@@ -97,7 +97,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from zsdemo.export import export_parquet
+    from zsdemo.store.export import export_parquet
 
     cache = _serve_config(args).cache_dir
     out, rows = export_parquet(cache, Path(args.out))
@@ -122,16 +122,16 @@ def _model_flags(args: argparse.Namespace) -> str:
 
 
 def _load_manifest(cache: Path) -> dict[str, Any]:
-    from zsdemo.gallery import read_generation
+    from zsdemo.store.gallery import read_generation
 
     manifest, _ = read_generation(cache)
     return manifest
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from zsdemo.engine import SearchEngine
-    from zsdemo.gallery import Gallery
-    from zsdemo.preprocess import open_image
+    from zsdemo.model.preprocess import open_image
+    from zsdemo.search.engine import SearchEngine
+    from zsdemo.store.gallery import Gallery
 
     open_image(args.query, display_name=args.query)  # a missing or unreadable query fails before the model loads
     config = _serve_config(args)
@@ -154,8 +154,8 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from zsdemo.encoder import EncoderConfig, fingerprint_without_loading
-    from zsdemo.gallery import plan_update
+    from zsdemo.model.encoder import EncoderConfig, fingerprint_without_loading
+    from zsdemo.store.gallery import plan_update
 
     cache = _serve_config(args).cache_dir
     manifest = _load_manifest(cache)
@@ -212,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("photo_dirs", nargs="*", help="photo folders (default: the folders the cache records; for a new "
                                                  "cache, the bundled starter photos)")
     p.add_argument("--cache", help="cache folder (default gallery_cache/<first folder>-<hash>, or gallery_cache/starter)")
-    group = p.add_argument_group("scale (see zsdemo/distributed.py: run under torchrun or accelerate launch "
+    group = p.add_argument_group("scale (see zsdemo/store/distributed.py: run under torchrun or accelerate launch "
                                  "for several processes)")
     group.add_argument("--workers", type=int, default=1, help="DataLoader processes decoding photos, per process "
                                                                "(default 1; 0 = decode in the encoding process)")

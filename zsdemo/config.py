@@ -21,7 +21,7 @@ from zsdemo.errors import ZsdemoError
 DEFAULT_MODEL = "ViT-B-32-quickgelu"
 DEFAULT_PRETRAINED = "openai"
 RANDOM_WEIGHTS = ("none", "random", "")  # spellings of "random init, for tests only"
-DEFAULT_QUERY_PRECISION = "auto"  # sketch queries only (zsdemo.precision); photos are always fp32
+DEFAULT_QUERY_PRECISION = "auto"  # sketch queries only (zsdemo.query.precision); photos are always fp32
 MIN_QUERY_COSINE = 0.99  # a reduced-precision query path is used only this close to fp32
 DEFAULT_CACHE_ROOT = Path("gallery_cache")
 STARTER_CACHE_NAME = "starter"

@@ -9,14 +9,14 @@ Layout of a cache folder:
                             chunks and opened memory-mapped (processes serving one cache share its pages)
     gen-<id>/index.voy      HNSW index (Voyager) or index.ann, Annoy (on-disk build), over the same rows, only
                             for galleries searched approximately (exact, HNSW or Annoy is chosen by a
-                            latency budget measured on the building machine, zsdemo.index)
+                            latency budget measured on the building machine, zsdemo.store.index)
     build-<plan>/           a resumable encoding run (see `EncodeRun`): plan.json, then one shard-<i>.npy +
                             shard-<i>.json per finished shard, written as they are made; removed once merged
     thumbs/<key>.jpg        thumbnails (content-addressed by path, size and mtime)
     uploads/                photos added through the app (a gallery source like any other)
 A build writes a whole new generation and only then switches CURRENT, so an interrupted build
 leaves the previous cache (or none) in place, never a half-written one; the shards it finished are kept,
-and the next build of the same photos (any number of processes, see zsdemo.distributed) encodes only
+and the next build of the same photos (any number of processes, see zsdemo.store.distributed) encodes only
 the rest. Builds into one cache are
 serialised by a file lock, so two builders (the CLI and the app, say) never delete each other's work.
 A rebuild without folders reuses the folders recorded in the manifest: a user's gallery is never
@@ -44,7 +44,8 @@ from filelock import FileLock, Timeout
 from PIL import Image
 
 from zsdemo.errors import CacheError, ImageError
-from zsdemo.index import (
+from zsdemo.model.preprocess import PHOTO_EXTENSIONS, load_photo, make_thumbnail, open_image
+from zsdemo.store.index import (
     INDEX_FILES,
     METRIC,
     AnnoySearcher,
@@ -62,7 +63,6 @@ from zsdemo.index import (
     tune_ef,
     tune_search_k,
 )
-from zsdemo.preprocess import PHOTO_EXTENSIONS, load_photo, make_thumbnail, open_image
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ WaitFn = Callable[[str], None]  # told once when another process holds the cache
 
 
 class PhotoEncoder(Protocol):
-    """What the gallery needs from an encoder (zsdemo.encoder.SketchPhotoEncoder)."""
+    """What the gallery needs from an encoder (zsdemo.model.encoder.SketchPhotoEncoder)."""
 
     embed_dim: int
 
@@ -620,7 +620,7 @@ class Gallery:
 
         `sources=None` rebuilds from the folders recorded in the cache (CacheError if it records none).
         A folder holding no photos at all is refused (CacheError), and leaves no cache folder behind.
-        `runner` encodes the run's shards (default: in this process; zsdemo.distributed spreads them over
+        `runner` encodes the run's shards (default: in this process; zsdemo.store.distributed spreads them over
         processes); it is called under the cache lock, only when there is something to encode.
         """
         started = time.perf_counter()
@@ -853,7 +853,7 @@ def write_generation(cache_dir: Path, entries: list[PhotoEntry], embeddings: np.
                      skipped: list[SkippedFile]) -> dict[str, Any]:
     """Write a complete new generation, then switch CURRENT to it (the only step a reader can see).
     `embeddings`: the (N, D) matrix, or its rows as an iterable of chunks (streamed to disk as they come).
-    The index (exact or Annoy) is chosen by a latency budget measured here (zsdemo.index.choose_backend);
+    The index (exact or Annoy) is chosen by a latency budget measured here (zsdemo.store.index.choose_backend);
     Annoy's search_k is tuned on this gallery for the target recall. The caller holds the cache lock."""
     name = f"gen-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     generation = cache_dir / name

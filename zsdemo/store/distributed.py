@@ -5,7 +5,7 @@
     ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 -m zsdemo index PHOTOS --cache DIR   # 2 CPU processes
     accelerate launch -m zsdemo index PHOTOS --cache DIR                             # GPUs / nodes
 
-How a run goes (zsdemo.gallery holds the data structures):
+How a run goes (zsdemo.store.gallery holds the data structures):
   1. The main process takes the cache's build lock, compares the folders with the cache (plan_update) and
      writes the list of photos to encode as a run folder `DIR/build-<plan>/plan.json`, split in shards.
      It tells the other processes the folder (one broadcast), or that there is nothing to encode.
@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from zsdemo.errors import ImageError
-from zsdemo.gallery import EncodeRun, PhotoEncoder, ProgressFn, SkippedFile, _decode_pending
+from zsdemo.store.gallery import EncodeRun, PhotoEncoder, ProgressFn, SkippedFile, _decode_pending
 
 log = logging.getLogger(__name__)
 

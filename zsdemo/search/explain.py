@@ -27,7 +27,7 @@ from PIL import Image
 from torch import nn
 from torch.func import functional_call
 
-from zsdemo.prompts import PromptedViT
+from zsdemo.model.prompts import PromptedViT
 
 log = logging.getLogger(__name__)
 

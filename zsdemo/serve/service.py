@@ -27,9 +27,9 @@ from PIL import Image
 
 from zsdemo.config import ServeConfig, is_random_weights, resolve_hub_file, resolve_hub_folder
 from zsdemo.errors import CacheError, EmptySketchError, ZsdemoError
-from zsdemo.gallery import BuildReport, Gallery, Hit, is_new_cache, recorded_sources
 from zsdemo.limits import neutralise, read_k, read_mode, read_text, read_text_weight
-from zsdemo.preprocess import PHOTO_EXTENSIONS, clean_sketch, load_photo
+from zsdemo.model.preprocess import PHOTO_EXTENSIONS, clean_sketch, load_photo
+from zsdemo.store.gallery import BuildReport, Gallery, Hit, is_new_cache, recorded_sources
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def served_modes(config: ServeConfig) -> list[str]:
 def check_prompt_kind(path: str, mode: str) -> None:
     """Refuse a checkpoint given for the wrong mode, naming the flag it belongs to. Fine-grained checkpoints have
     one shared prompt (spec.shared); category-level ones a sketch and a photo prompt."""
-    from zsdemo.prompts import read_checkpoint
+    from zsdemo.model.prompts import read_checkpoint
 
     shared = read_checkpoint(path).spec.shared
     if mode == CATEGORY and shared:
@@ -77,7 +77,7 @@ def gallery_sources(cache_dir: Path, galleries: Sequence[str]) -> list[Path] | N
     if recorded_sources(cache_dir):
         return None
     if is_new_cache(cache_dir):
-        from zsdemo.starter import starter_photos_dir
+        from zsdemo.store.starter import starter_photos_dir
 
         return [starter_photos_dir(Path(cache_dir).parent)]
     raise CacheError(f"The cache {cache_dir} does not record which photo folders it was built from; name them: "
@@ -278,7 +278,7 @@ class SearchService:
         return all(m.engine is not None and m.status.phase == "ready" for m in self._modes.values())
 
     def _load_encoder(self) -> Any:
-        from zsdemo.encoder import EncoderConfig, SketchPhotoEncoder
+        from zsdemo.model.encoder import EncoderConfig, SketchPhotoEncoder
 
         prompts = resolve_hub_file(self._first.prompts) if self._first.prompts else None
         return SketchPhotoEncoder.load(EncoderConfig.from_serve(self.config, prompts))
@@ -304,7 +304,7 @@ class SearchService:
         self._all_ready.set()
 
     def _serve(self, gallery: Gallery, mode: Mode | None = None) -> None:
-        from zsdemo.engine import SearchEngine
+        from zsdemo.search.engine import SearchEngine
 
         mode = mode or self._first
         if self.on_gallery is not None:
@@ -426,7 +426,7 @@ class SearchService:
     def explain(self, photo: Hit | str, sketch: Any, mode: str | None = None) -> ExplainOutcome:
         """The similarity map between `sketch` and the patches of a gallery photo (a hit, or a photo name as hits
         give it), in `mode`, laid over the photo at its size (long side at most LARGE_PHOTO_SIDE)."""
-        from zsdemo.explain import explain_photo
+        from zsdemo.search.explain import explain_photo
 
         try:
             served = self.mode(read_mode(mode))

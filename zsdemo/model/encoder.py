@@ -24,14 +24,14 @@ from PIL import Image
 
 from zsdemo.config import DEFAULT_MODEL, DEFAULT_PRETRAINED, ServeConfig, is_random_weights
 from zsdemo.errors import WeightsUnavailableError, ZsdemoError
-from zsdemo.precision import AUTO, canonical_path, make_query_model, probe_sketches, select_query_path
-from zsdemo.preprocess import PREPROCESS_VERSION, Transform, clean_sketch, guarded, load_photo
-from zsdemo.prompts import PromptCheckpoint, PromptedViT, PromptSpec, check_compatible, read_checkpoint
+from zsdemo.model.preprocess import PREPROCESS_VERSION, Transform, clean_sketch, guarded, load_photo
+from zsdemo.model.prompts import PromptCheckpoint, PromptedViT, PromptSpec, check_compatible, read_checkpoint
+from zsdemo.query.precision import AUTO, canonical_path, make_query_model, probe_sketches, select_query_path
 
 log = logging.getLogger(__name__)
 
 # A 2-layer, 64-wide ViT for tests and smoke runs: `--model zsdemo-tiny-vit --pretrained none`.
-open_clip.add_model_config(Path(__file__).parent / "model_configs")
+open_clip.add_model_config(Path(__file__).parent / "configs")
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
@@ -47,7 +47,7 @@ class EncoderConfig:
     depend on it) defaults to "auto": at load the encoder builds the query paths that make sense on this CPU
     (torch int8; ONNX Runtime int8 and fp32; bf16 only with native bf16), rejects any whose cosine to fp32
     on built-in probe sketches is below MIN_QUERY_COSINE (0.99), times the rest against fp32 (interleaved,
-    a few seconds) and keeps the fastest: see zsdemo.precision.select_query_path. The choice is logged and
+    a few seconds) and keeps the fastest: see zsdemo.query.precision.select_query_path. The choice is logged and
     kept in `encoder.query_path` / `encoder.query_report` (its "summary" is the line for the page).
     Exported ONNX files are cached (ZSDEMO_QUERY_CACHE, default ~/.cache/zsdemo/query-paths), so only the
     first load pays for the export. A named path (fp32, int8, bf16, onnx-fp32, onnx-int8; torch-int8 and

@@ -43,7 +43,7 @@ from PIL import Image, ImageDraw
 from torch import nn
 
 from zsdemo.errors import ZsdemoError
-from zsdemo.prompts import PromptedViT, prompted_forward
+from zsdemo.model.prompts import PromptedViT, prompted_forward
 
 log = logging.getLogger(__name__)
 

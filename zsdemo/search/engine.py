@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from zsdemo.encoder import SketchPhotoEncoder
-from zsdemo.gallery import Gallery, Hit
-from zsdemo.preprocess import clean_sketch, load_photo
+from zsdemo.model.encoder import SketchPhotoEncoder
+from zsdemo.model.preprocess import clean_sketch, load_photo
+from zsdemo.store.gallery import Gallery, Hit
 
 
 @dataclass
