@@ -10,18 +10,11 @@ import torch
 import yaml
 
 from train.config import load_config, parse_overrides
-from train.data import (
-    CategoryBatchSampler,
-    DataError,
-    FineGrainedBatchSampler,
-    TripletDataset,
-    build_split,
-    eval_transform,
-    pair_stem,
-    patch_shuffle,
-    split_from_config,
-)
+from train.datasets import TripletDataset
+from train.samplers import CategoryBatchSampler, FineGrainedBatchSampler
+from train.splits import DataError, build_split, pair_stem, split_from_config
 from train.synthetic import SHAPES, SYNTHETIC_UNSEEN, generate
+from train.transforms import eval_transform, patch_shuffle
 
 UNSEEN = list(SYNTHETIC_UNSEEN)
 
@@ -221,7 +214,7 @@ def _quadrant(values: torch.Tensor) -> int:
 def test_fine_grained_pair_quadrants_align(tmp_path, tiny_encoder):
     """Patch shuffle assumes sketch cell i shows the part that photo cell i shows: one crop box and one flip
     for the pair, and no ink crop (which would re-centre the drawing and break the correspondence)."""
-    from train.data import Part
+    from train.splits import Part
 
     sketch, photo = _marked_pair(tmp_path, "a", sketch_size=128, photo_size=96)
     _, other = _marked_pair(tmp_path, "b", sketch_size=128, photo_size=96)
@@ -248,7 +241,7 @@ def test_fine_grained_pair_quadrants_align(tmp_path, tiny_encoder):
 def test_plain_sketch_inverts_and_rejects_blank(tmp_path):
     from PIL import Image, ImageDraw
 
-    from train.data import plain_sketch
+    from train.datasets import plain_sketch
     from zsdemo.errors import EmptySketchError
 
     board = Image.new("L", (40, 30), 0)

@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from train.data import DataError
+from train.splits import DataError
 from train.synthetic import generate
 from train.testing import TINY, TINY_FG, fit_cmd, read_jsonl, torchrun_cmd
 from train.testing import run_env as env

@@ -11,7 +11,7 @@ from zsdemo.model.encoder import create_clip
 
 def test_instance_views_differ_in_colour_and_nce_prefers_the_true_pair():
     model = create_clip(MODEL, "none").eval()
-    from train.data import eval_transform
+    from train.transforms import eval_transform
 
     a, b, labels = instance_pool(SHAPES[:2], 3, 0, eval_transform(model))
     assert a.shape == b.shape and labels.tolist() == [0, 0, 0, 1, 1, 1]

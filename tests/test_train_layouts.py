@@ -12,17 +12,12 @@ import torch
 
 from train import check_data
 from train.config import load_config
-from train.data import (
-    SPLITS,
-    CategoryBatchSampler,
-    ImageListDataset,
-    TripletDataset,
-    build_split,
-    eval_transform,
-    split_from_config,
-)
+from train.datasets import ImageListDataset, TripletDataset
 from train.layouts import LAYOUTS
+from train.samplers import CategoryBatchSampler
+from train.splits import SPLITS, build_split, split_from_config
 from train.testing import CONFIGS, ROOT, make_miniature, run_env
+from train.transforms import eval_transform
 
 # (layout preset, the shipped config it goes with, fine-grained?)
 CASES = [

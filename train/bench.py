@@ -106,7 +106,8 @@ def learning_check(out_dir: Path, overrides: list[str], pretrained: str) -> dict
 
     from train import fit
     from train.config import load_config
-    from train.data import eval_transform, split_from_config
+    from train.splits import split_from_config
+    from train.transforms import eval_transform
     from train.eval import eval_loaders, evaluate
 
     config = Path(__file__).resolve().parent / "configs" / "tiny.yaml"
@@ -154,7 +155,8 @@ def fine_grained_check(out_root: Path, pretrained: str, taus: list[float], seeds
 
     from train import fit
     from train.config import load_config
-    from train.data import eval_transform, split_from_config
+    from train.splits import split_from_config
+    from train.transforms import eval_transform
     from train.eval import eval_loaders, evaluate
     from train.synthetic import generate
     from zsdemo.model.prompts import read_checkpoint

@@ -24,8 +24,9 @@ import logging
 from typing import Any
 
 from train.config import TrainConfig, load_config
-from train.data import LOAD_ERRORS, DataError, Part, Split, check_trainable, load_sketch, split_from_config
+from train.datasets import LOAD_ERRORS, load_sketch
 from train.layouts import LAYOUTS, STANDARD_COUNTS, StandardCounts
+from train.splits import DataError, Part, Split, check_trainable, split_from_config
 from zsdemo.model.preprocess import load_photo
 
 log = logging.getLogger("train.check_data")

@@ -26,8 +26,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from train.config import TrainConfig, load_config
-from train.data import ImageListDataset, Part, eval_transform, split_from_config
+from train.datasets import ImageListDataset
 from train.metrics import category_metrics, fine_grained_accuracy, markdown_table
+from train.splits import Part, split_from_config
+from train.transforms import eval_transform
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from train.config import TrainConfig, load_config
-from train.data import CategoryBatchSampler, FineGrainedBatchSampler, TripletDataset, eval_transform, split_from_config
+from train.datasets import TripletDataset
 from train.eval import eval_loaders, evaluate, table_for
 from train.losses import category_losses, fine_grained_losses, term_gradient_norms, term_weights
 from train.model import (
@@ -49,6 +49,9 @@ from train.model import (
     prompt_scale_report,
     spec_for,
 )
+from train.samplers import CategoryBatchSampler, FineGrainedBatchSampler
+from train.splits import split_from_config
+from train.transforms import eval_transform
 
 log = logging.getLogger("train.fit")
 STATE_FILE = "trainer_state.json"

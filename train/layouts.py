@@ -60,7 +60,7 @@ class StandardCounts:
     seen_classes: int
 
 
-# Unseen test-set sizes of the standard splits, by split name (train.data.SPLITS).
+# Unseen test-set sizes of the standard splits, by split name (train.splits.SPLITS).
 STANDARD_COUNTS: dict[str, StandardCounts] = {
     "sketchy": StandardCounts(21, 12_694, 12_553, 104),
     "tuberlin": StandardCounts(30, 2_400, 27_989, 220),

@@ -35,8 +35,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from train.data import augment, eval_transform
 from train.synthetic import SHAPES, _instance, render_photo
+from train.transforms import augment, eval_transform
 from zsdemo.model.encoder import create_clip
 
 log = logging.getLogger("train.pretrain_tiny")
