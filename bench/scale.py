@@ -1,24 +1,29 @@
-"""Scale benchmark: galleries of 100k and 1M embedding-like vectors on one machine, and real indexing
-throughput on 1 vs 2 processes.
+"""Scale benchmark: exact search, Annoy and HNSW (Voyager) side by side on 100k and 1M embedding-like
+vectors, and real indexing throughput on 1 vs 2 processes.
 
-    python bench/scale.py                           # vectors at 100k and 1M, then indexing throughput
+    python bench/scale.py                                # vectors at 100k and 1M, then indexing throughput
     python bench/scale.py --sizes 100000 --section vectors
     python bench/scale.py --section indexing --photos 96
 
-Per gallery size (synthetic 512-d unit vectors shaped like CLIP embeddings: power-law spectrum, coarse
-clusters with fine sub-clusters, a shared direction; generated in chunks straight to disk):
-  build    - in a child process, through zsdemo.store.gallery.write_generation (the code a real build runs):
-             wall time, Annoy build time, peak RSS (ru_maxrss and sampled anonymous/file-backed peaks),
-             bytes on disk; the index choice (latency budget) and the tuned search_k are the library's own.
-  serve    - a child process opens the cache like the app (Gallery.open): startup time and RSS; query p50/p95
-             and recall@10 against exact search on held-out queries; a sweep of search_k.
-  second   - a second process opens and queries the same cache while the first one is alive: its RSS,
-             split into anonymous (its own) and file-backed (page cache, shared) pages, and its PSS.
-Indexing: `python -m zsdemo index` with ViT-B-32-quickgelu at random init (the real architecture and speed)
-on generated photos: 1 process with 1 and 2 torch threads, and 2 processes (torchrun, gloo, 1 thread each).
+Vectors (bench.synthetic.write_vectors: 512-d unit vectors clustered like CLIP embeddings, written to disk
+in chunks; `--queries` held-out queries from the same distribution; their exact top-10 is the truth).
+Each index is measured in a child process of its own, with the library's code (zsdemo.store.index):
+  build  - build_hnsw / build_annoy with `--build-threads` threads: seconds, peak RSS (ru_maxrss; sampled
+           anonymous and file-backed peaks) against the embeddings' bytes.
+  tune   - the library's tuning on its probe queries (tune_ef / tune_search_k, target recall@10 0.95): the
+           setting a gallery built by write_generation would serve with.
+  query  - one thread per query, k=10: p50/p95 ms and recall@10 against exact search on the held-out
+           queries, at the tuned setting and over a sweep of settings.
+Exact search is the same child without a build (torch, 1 thread, over the memory-mapped .npy).
+Annoy gets fewer trees at 1M (`--annoy-trees-large`) and a time limit (`--annoy-timeout`): its on-disk
+build is the slowest of the three, and the point of the run is the side-by-side at 1M.
 
-Every figure is printed beside the CPU it was measured on; machine-readable `VERDICT` lines come last.
-The machine is shared with other work: figures carry that noise (load average printed).
+Indexing: `python -m zsdemo index` (the model resolved like the app's: zsdemo.config) at random init on
+generated photos: 1 process with 1 and 2 torch threads, and 2 processes (torchrun, gloo, 1 thread each).
+
+Every figure is printed beside the CPU it was measured on; the last line is machine-readable:
+    scale_verdict={"targets": ..., "sizes": {"1000000": {"hnsw": {"p50_ms": ..., "pass": true}, ...}}, ...}
+against the targets p50 <= 5 ms at recall@10 >= 0.95, build <= 15 min, build peak RSS <= 2x embeddings.
 """
 
 from __future__ import annotations
@@ -32,364 +37,351 @@ if __package__ in (None, ""):
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import tempfile
-import threading
 import time
 from typing import Any
 
 import numpy as np
 
+from bench.machine import PeakSampler, gib, load_average, peak_rss, proc_status, reset_peak_rss, thread_settings
+
 REPO = Path(__file__).resolve().parents[1]
-DIM = 512
+DIM = 512  # CLIP ViT-B image embeddings
+K = 10
+TARGETS = {"p50_ms": 5.0, "recall_at_10": 0.95, "build_s": 15 * 60.0, "build_rss_ratio": 2.0}
+HNSW_SWEEP = (10, 16, 24, 32, 48, 64, 96, 128, 192, 256)
+ANNOY_SWEEP = (2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 200_000)
 
 
-# ---- synthetic embedding-like vectors, streamed to disk ---------------------------------------------
-def write_vectors(path: Path, n: int, seed: int, n_queries: int, chunk: int = 65_536) -> np.ndarray:
-    """Write (n, DIM) float32 unit vectors to `path` (.npy) in chunks; return (n_queries, DIM) held-out
-    queries from the same distribution (same recipe as bench.common.synthetic_embeddings, chunked)."""
-    from zsdemo.store.gallery import _write_npy
+# ---- child process: one backend ---------------------------------------------------------------------
+def build_variant(vectors: Path, path: Path, cfg: Any, storage: str) -> None:
+    """An HNSW index with another Voyager storage type (E4M3, Float8): the library's build_hnsw with only
+    `storage_data_type` changed (the library stores Float32), for the memory investigation."""
+    from voyager import Index, Space, StorageDataType
 
-    rng = np.random.default_rng(seed)
-    scale = (np.arange(1, DIM + 1) ** -0.75).astype(np.float32)
-    basis = np.linalg.qr(rng.standard_normal((DIM, DIM)))[0].astype(np.float32)
+    from zsdemo.store.index import iter_row_chunks, source_rows
 
-    def gaussian(r: np.random.Generator, m: int) -> np.ndarray:
-        return (r.standard_normal((m, DIM), dtype=np.float32) * scale) @ basis
-
-    common = rng.standard_normal(DIM).astype(np.float32)
-    common /= np.linalg.norm(common)
-    n_coarse, n_fine = max(10, n // 1000), max(50, n // 20)
-    coarse = gaussian(rng, n_coarse)
-    fine = coarse[rng.integers(0, n_coarse, n_fine)] + 0.6 * gaussian(rng, n_fine)
-
-    def draw(r: np.random.Generator, m: int) -> np.ndarray:
-        x = fine[r.integers(0, n_fine, m)] + 0.5 * gaussian(r, m)
-        x = x / np.linalg.norm(x, axis=1, keepdims=True) + 0.7 * common
-        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
-    chunks = (draw(np.random.default_rng([seed, i]), min(chunk, n - start))
-              for i, start in enumerate(range(0, n, chunk)))
-    _write_npy(path, n, DIM, chunks)
-    return draw(np.random.default_rng([seed, 10**6]), n_queries)
+    n, row = source_rows(vectors), 0
+    index = Index(Space.InnerProduct, num_dimensions=DIM, M=cfg.hnsw_m, ef_construction=cfg.hnsw_ef_construction,
+                  random_seed=cfg.seed + 1, max_elements=n, storage_data_type=getattr(StorageDataType, storage))
+    for chunk in iter_row_chunks(vectors):
+        index.add_items(chunk, ids=list(range(row, row + chunk.shape[0])), num_threads=cfg.build_threads)
+        row += chunk.shape[0]
+    index.save(str(path))
 
 
-class StubEncoder:
-    """What write_generation needs from an encoder, for vectors made without a model."""
+def build_child(backend: str, vectors: Path, work: Path, params: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """Build `backend`'s index over `vectors` in this process: (searcher, build figures)."""
+    import torch
 
-    embed_dim = DIM
+    from zsdemo.store.index import IndexConfig, build_annoy, build_hnsw, open_searcher
 
-    def fingerprint(self) -> str:
-        return "bench-scale-synthetic"
+    torch.set_num_threads(params["build_threads"])
+    cfg = IndexConfig(n_trees=params.get("n_trees", 50), hnsw_m=params.get("m", 16),
+                      hnsw_ef_construction=params.get("ef_construction", 100), build_threads=params["build_threads"])
+    path = work / f"index-{backend}-{os.getpid()}"
+    hwm_reset = reset_peak_rss()  # the peak of the build, not of importing torch
+    baseline = proc_status()
+    started = time.perf_counter()
+    with PeakSampler() as sampler:
+        if backend == "annoy":
+            build_annoy(vectors, path, cfg)
+        elif params.get("storage", "Float32") != "Float32":
+            build_variant(vectors, path, cfg, params["storage"])
+        else:
+            build_hnsw(vectors, path, cfg)
+    build = {"build_s": time.perf_counter() - started, "build_peak_rss": peak_rss(), "baseline": baseline,
+             "hwm_reset": hwm_reset,
+             "peak": sampler.peak, "index_bytes": path.stat().st_size}
+    t0 = time.perf_counter()
+    searcher = open_searcher(backend, path, DIM, cfg)
+    build["open_s"] = time.perf_counter() - t0
+    build["after_open"] = proc_status()
+    return searcher, build
 
-    def describe(self) -> dict[str, Any]:
-        return {"model": "synthetic", "pretrained": "none", "prompts": None, "embed_dim": DIM}
+
+def query_figures(search: Any, queries: np.ndarray, truth: np.ndarray, budget_s: float) -> dict[str, Any]:
+    """One query at a time (after a warm-up pass over 20): p50/p95 ms and recall@10 against `truth`; stops
+    after `budget_s` seconds (at least 20 queries), saying how many were run."""
+    from bench.timing import p50, p95, timed_each
+
+    for q in queries[:20]:
+        search(q)
+    times, found = timed_each(search, queries, budget_s=budget_s)
+    hits = sum(len(set(np.asarray(ids).tolist()) & set(want.tolist())) for ids, want in zip(found, truth, strict=False))
+    return {"p50_ms": p50(times), "p95_ms": p95(times), "recall_at_10": hits / (K * len(found)), "queries": len(found)}
 
 
-def fake_entries(n: int) -> list[Any]:
-    from zsdemo.store.gallery import PhotoEntry
+def tune_and_sweep(backend: str, searcher: Any, vectors: Path, queries: np.ndarray, truth: np.ndarray,
+                   budget_s: float) -> dict[str, Any]:
+    """The library's tuned setting (its own probe queries), measured on the held-out queries, and a sweep."""
+    from zsdemo.store.index import tune_ef, tune_search_k
 
-    return [PhotoEntry(f"dept-{i // 10_000:03d}/img_{i:07d}.jpg", f"/data/photos/dept-{i // 10_000:03d}/img_{i:07d}.jpg",
-                       250_000 + i, 1_700_000_000_000_000_000 + i, f"{i:020x}.jpg") for i in range(n)]
-
-
-# ---- memory sampling ----------------------------------------------------------------------------------
-def proc_status() -> dict[str, int]:
-    """VmRSS / RssAnon / RssFile of this process in bytes, and Pss from smaps_rollup."""
-    out: dict[str, int] = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "RssAnon", "RssFile", "RssShmem"):
-            out[key] = int(value.split()[0]) * 1024
-    try:
-        for line in Path("/proc/self/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                out["Pss"] = int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    tune, ladder = (tune_search_k, ANNOY_SWEEP) if backend == "annoy" else (tune_ef, HNSW_SWEEP)
+    t0 = time.perf_counter()
+    setting, probe_recall = tune(searcher, vectors, target=TARGETS["recall_at_10"], k=K)
+    out: dict[str, Any] = {"setting_name": "search_k" if backend == "annoy" else "ef", "tuned_setting": setting,
+                           "tuned_probe_recall": probe_recall, "tune_s": time.perf_counter() - t0}
+    out["tuned"] = query_figures(lambda q: searcher.search(q, K, setting)[0], queries, truth, budget_s)
+    out["sweep"] = []
+    for value in ladder:
+        figures = query_figures(lambda q, v=value: searcher.search(q, K, v)[0], queries, truth, budget_s / 2)
+        out["sweep"].append({"setting": value, **figures})
     return out
 
 
-class PeakSampler:
-    """Samples proc_status every 50 ms in a thread; .peak holds the maximum of each field."""
+def exact_child(vectors: Path, queries: np.ndarray, truth: np.ndarray, budget_s: float) -> dict[str, Any]:
+    import torch
 
-    def __init__(self) -> None:
-        self.peak: dict[str, int] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            for key, value in proc_status().items():
-                self.peak[key] = max(self.peak.get(key, 0), value)
-            self._stop.wait(0.05)
-
-    def __enter__(self) -> PeakSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
-def max_rss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-# ---- child processes ------------------------------------------------------------------------------------
-def child_build(vectors: Path, cache: Path, n_trees: int) -> dict[str, Any]:
-    from zsdemo.store.gallery import cache_lock, write_generation
-    from zsdemo.store.index import IndexConfig, iter_row_chunks
-
-    baseline = proc_status()
-    entries = fake_entries(np.load(vectors, mmap_mode="r").shape[0])
-    after_entries = proc_status()
-    cache.mkdir(parents=True, exist_ok=True)
-    (cache / "thumbs").mkdir(exist_ok=True)
-    started = time.perf_counter()
-    with PeakSampler() as sampler, cache_lock(cache):
-        manifest = write_generation(cache, entries, iter_row_chunks(vectors), [Path("/data/photos")], StubEncoder(),
-                                    IndexConfig(n_trees=n_trees), [])
-    seconds = time.perf_counter() - started
-    keys = ("index", "n_trees", "search_k", "tuned_recall_at_10", "exact_ms_estimate", "annoy_build_s")
-    return {"build_s": seconds, "ru_maxrss": max_rss(), "peak": sampler.peak, "baseline": baseline,
-            "after_entries": after_entries, **{k: manifest.get(k) for k in keys}}
-
-
-def child_serve(cache: Path, queries: Path, truth: Path, sweep: bool, hold: float) -> dict[str, Any]:
-    baseline = proc_status()
-    started = time.perf_counter()
-    from zsdemo.store.gallery import Gallery
     from zsdemo.store.index import exact_search
 
-    imported = time.perf_counter()
-    before_open = proc_status()
-    gallery = Gallery.open(cache, StubEncoder())
-    opened = time.perf_counter()
-    after_open = proc_status()
-    q = np.load(queries)
-    ids_truth = np.load(truth)
-    latencies, hits = [], 0
-    for _ in range(2):  # first pass warms the page cache; the second is timed
-        latencies, hits = [], 0
-        for query, want in zip(q, ids_truth, strict=True):
-            t0 = time.perf_counter()
-            found = gallery.search(query, 10)
-            latencies.append((time.perf_counter() - t0) * 1000)
-            hits += len(set(_rows(gallery, found)) & set(want.tolist()))
-    result: dict[str, Any] = {
-        "import_s": imported - started, "open_s": opened - imported, "backend": gallery.backend,
-        "p50_ms": float(np.percentile(latencies, 50)), "p95_ms": float(np.percentile(latencies, 95)),
-        "recall_at_10": hits / (10 * len(q)), "baseline": baseline, "before_open": before_open,
-        "after_open": after_open, "after_queries": proc_status(),
-        "search_k": getattr(gallery._annoy, "search_k", None),
-    }
-    if sweep and gallery._annoy is not None:
-        result["sweep"] = []
-        for search_k in (2_000, 5_000, 10_000, 20_000, 50_000, 100_000):
-            lat, hit = [], 0
-            for query, want in zip(q, ids_truth, strict=True):
-                t0 = time.perf_counter()
-                ids, _ = gallery._annoy.search(query, 10, search_k)
-                lat.append((time.perf_counter() - t0) * 1000)
-                hit += len(set(ids.tolist()) & set(want.tolist()))
-            result["sweep"].append({"search_k": search_k, "p50_ms": float(np.percentile(lat, 50)),
-                                    "p95_ms": float(np.percentile(lat, 95)), "recall_at_10": hit / (10 * len(q))})
-    if sweep:  # exact search on the same memory map, for the crossover
-        lat = []
-        for query in q[:20]:
-            t0 = time.perf_counter()
-            exact_search(gallery.embeddings, query, 10)
-            lat.append((time.perf_counter() - t0) * 1000)
-        result["exact_p50_ms"] = float(np.percentile(lat, 50))
-        result["after_exact"] = proc_status()
-    if hold:
-        print(json.dumps(result), flush=True)
-        time.sleep(hold)
+    torch.set_num_threads(1)
+    matrix = np.load(vectors, mmap_mode="r")
+    figures = query_figures(lambda q: exact_search(matrix, q, K)[0], queries, truth, budget_s)
+    return {"build_s": 0.0, "build_peak_rss": 0, "tuned": figures, "sweep": [], "after_queries": proc_status()}
+
+
+def child_main(backend: str, vectors: Path, work: Path, params: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
+    queries, truth = np.load(work / "queries.npy"), np.load(work / "truth.npy")
+    budget_s = params.get("budget_s", 120.0)
+    if backend == "exact":
+        return exact_child(vectors, queries, truth, budget_s)
+    searcher, result = build_child(backend, vectors, work, params)
+    torch.set_num_threads(1)  # one thread per query (and for the tuning's exact search: it is not timed)
+    result.update(tune_and_sweep(backend, searcher, vectors, queries, truth, budget_s))
+    result["after_queries"] = proc_status()
+    for path in work.glob(f"index-{backend}-{os.getpid()}*"):
+        path.unlink()
     return result
 
 
-_ROW_CACHE: dict[int, dict[str, int]] = {}
-
-
-def _rows(gallery: Any, hits: list[Any]) -> list[int]:
-    """Row numbers of hits (entries are unique by path)."""
-    key = id(gallery)
-    if key not in _ROW_CACHE:
-        _ROW_CACHE[key] = {e.path: i for i, e in enumerate(gallery.entries)}
-    return [_ROW_CACHE[key][str(h.photo)] for h in hits]
-
-
-def run_child(*args: str, timeout: float = 7200) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", *args], capture_output=True,
-                         text=True, timeout=timeout, env={**os.environ, "PYTHONPATH": str(REPO)})
+def run_child(backend: str, vectors: Path, work: Path, params: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """child_main in a fresh process (so its peak RSS is the build's own); {'error': ...} on failure/timeout."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", backend, str(vectors), str(work), json.dumps(params)]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        for path in work.glob(f"index-{backend}-*"):
+            path.unlink(missing_ok=True)
+        for path in work.glob(f".index-{backend}-*"):
+            path.unlink(missing_ok=True)
+        return {"error": f"did not finish within {timeout:.0f} s (killed)"}
     if out.returncode != 0:
-        raise RuntimeError(f"child {args} failed:\n{out.stderr[-3000:]}")
+        return {"error": f"child failed (exit {out.returncode}): {out.stderr.strip()[-1500:]}"}
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def du(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+# ---- reporting ---------------------------------------------------------------------------------------
+def judge(result: dict[str, Any], emb_bytes: int) -> dict[str, Any]:
+    """The figures the verdict holds for one backend, and pass/fail against TARGETS."""
+    if "error" in result:
+        return {"error": result["error"], "pass": False}
+    tuned = result["tuned"]
+    peak = result["build_peak_rss"]
+    growth = peak - result["baseline"]["VmRSS"] if peak else 0
+    out = {"p50_ms": round(tuned["p50_ms"], 3), "p95_ms": round(tuned["p95_ms"], 3),
+           "recall_at_10": round(tuned["recall_at_10"], 4), "queries": tuned["queries"],
+           "setting": {result["setting_name"]: result["tuned_setting"]} if "setting_name" in result else None,
+           "build_s": round(result["build_s"], 1)}
+    checks = {"latency": out["p50_ms"] <= TARGETS["p50_ms"] and out["recall_at_10"] >= TARGETS["recall_at_10"]}
+    if peak:  # exact search builds nothing: only its latency is judged
+        out.update(build_peak_rss_bytes=peak, build_rss_ratio=round(peak / emb_bytes, 3),
+                   build_rss_growth_ratio=round(growth / emb_bytes, 3), index_bytes=result["index_bytes"])
+        checks.update(build_time=out["build_s"] <= TARGETS["build_s"],
+                      build_rss=out["build_rss_ratio"] <= TARGETS["build_rss_ratio"])
+    best = [r for r in result["sweep"] if r["recall_at_10"] >= TARGETS["recall_at_10"]]
+    if best:
+        fastest = min(best, key=lambda r: r["p50_ms"])
+        out["sweep_best"] = {"setting": fastest["setting"], "p50_ms": round(fastest["p50_ms"], 3),
+                             "recall_at_10": round(fastest["recall_at_10"], 4)}
+    return {**out, "checks": checks, "pass": all(checks.values())}
 
 
-def gib(b: float) -> str:
-    return f"{b / 2**30:.2f} GiB" if b >= 2**30 else f"{b / 2**20:.0f} MiB"
+def print_backend(name: str, result: dict[str, Any], emb_bytes: int) -> None:
+    if "error" in result:
+        print(f"  {name:<6} {result['error']}", flush=True)
+        return
+    t = result["tuned"]
+    setting = f"{result['setting_name']} {result['tuned_setting']} (tuned; probe recall " \
+              f"{result['tuned_probe_recall']:.3f}, tuning {result['tune_s']:.0f} s)" if "setting_name" in result else "1 thread"
+    print(f"  {name:<6} p50 {t['p50_ms']:8.3f} ms  p95 {t['p95_ms']:8.3f} ms  recall@10 {t['recall_at_10']:.4f} "
+          f"({t['queries']} queries) at {setting}")
+    if result["build_peak_rss"]:
+        peak, base = result["build_peak_rss"], result["baseline"]["VmRSS"]
+        what = "peak RSS (VmHWM during the build)" if result.get("hwm_reset") else "peak RSS (ru_maxrss, imports included)"
+        print(f"         build {result['build_s']:.1f} s; {what} {gib(peak)} = {peak / emb_bytes:.2f}x embeddings "
+              f"(anon peak {gib(result['peak'].get('RssAnon', 0))}, file-backed peak "
+              f"{gib(result['peak'].get('RssFile', 0))}; before the build {gib(base)}, growth "
+              f"{(peak - base) / emb_bytes:.2f}x); index file {gib(result['index_bytes'])}; open {result['open_s']:.2f} s")
+    for r in result["sweep"]:
+        print(f"         {result['setting_name']} {r['setting']:>7,}: p50 {r['p50_ms']:8.3f} ms  p95 {r['p95_ms']:8.3f} ms"
+              f"  recall@10 {r['recall_at_10']:.4f} ({r['queries']} queries)")
+    sys.stdout.flush()
 
 
-# ---- sections -------------------------------------------------------------------------------------------
-def bench_vectors(n: int, work: Path, n_trees: int, n_queries: int, verdicts: list[str], machine: str) -> dict[str, Any]:
+# ---- sections -----------------------------------------------------------------------------------------
+def prepare_vectors(n: int, work: Path, n_queries: int) -> Path:
+    """The vectors on disk, the held-out queries and their exact top-10 (work/queries.npy, work/truth.npy)."""
+    import torch
+
+    from bench.synthetic import write_vectors
     from zsdemo.store.index import exact_search_many
 
-    print(f"\n== {n:,} x {DIM} vectors [{machine}]", flush=True)
     vectors = work / f"vectors-{n}.npy"
     t0 = time.perf_counter()
-    queries = write_vectors(vectors, n, seed=3, n_queries=n_queries)
+    queries = write_vectors(vectors, n, DIM, seed=3, n_queries=n_queries)
+    generated = time.perf_counter() - t0
     np.save(work / "queries.npy", queries)
-    truth = exact_search_many(vectors, queries, 10)
-    np.save(work / "truth.npy", truth)
-    print(f"generated in {time.perf_counter() - t0:.0f} s; exact truth for {n_queries} held-out queries", flush=True)
-    cache = work / f"cache-{n}"
-    build = run_child("build", str(vectors), str(cache), str(n_trees))
-    vectors.unlink()
+    t0 = time.perf_counter()
+    np.save(work / "truth.npy", exact_search_many(vectors, queries, K))
+    print(f"generated in {generated:.0f} s; exact top-{K} of {n_queries} held-out queries in "
+          f"{time.perf_counter() - t0:.0f} s ({torch.get_num_threads()} torch threads)", flush=True)
+    return vectors
+
+
+def bench_vectors(n: int, work: Path, args: argparse.Namespace, machine: str) -> dict[str, Any]:
+    print(f"\n== {n:,} x {DIM} vectors, k={K}, one thread per query, builds with {args.build_threads} threads "
+          f"[{machine}; load average {load_average()[0]:.1f}]", flush=True)
+    vectors = prepare_vectors(n, work, args.queries)
     emb_bytes = n * DIM * 4
-    disk = du(cache)
-    gen = next(cache.glob("gen-*"))
-    files = {p.name: p.stat().st_size for p in gen.iterdir()}
-    print(f"build: {build['build_s']:.0f} s (Annoy {build.get('annoy_build_s')} s, {build['n_trees']} trees), "
-          f"index={build['index']} (exact estimate {build.get('exact_ms_estimate')} ms), search_k={build['search_k']} "
-          f"(tuned recall@10 {build['tuned_recall_at_10']})")
-    print(f"build peak RSS {gib(build['ru_maxrss'])} (anon peak {gib(build['peak'].get('RssAnon', 0))}, file-backed peak "
-          f"{gib(build['peak'].get('RssFile', 0))}); before: interpreter+imports {gib(build['baseline']['VmRSS'])}, "
-          f"+1 entry list {gib(build['after_entries']['VmRSS'])}; embeddings {gib(emb_bytes)}")
-    print(f"on disk: {gib(disk)} ({', '.join(f'{k} {gib(v)}' for k, v in sorted(files.items()))})", flush=True)
+    print(f"embeddings: {emb_bytes:,} bytes ({gib(emb_bytes)})")
+    trees = args.annoy_trees_large if n >= args.large else args.annoy_trees
+    base = {"build_threads": args.build_threads, "budget_s": args.query_budget_s}
+    plan = [("hnsw", {**base, "m": args.hnsw_m, "ef_construction": args.hnsw_ef_construction}, args.hnsw_timeout),
+            ("exact", base, args.hnsw_timeout),
+            ("annoy", {**base, "n_trees": trees}, args.annoy_timeout)]
+    verdict: dict[str, Any] = {}
+    for backend, params, timeout in plan:
+        label = f"annoy ({trees} trees)" if backend == "annoy" else backend
+        result = run_child(backend, vectors, work, params, timeout)
+        print_backend(label, result, emb_bytes)
+        verdict[backend] = judge(result, emb_bytes)
+    for spec in args.hnsw_variants if n <= args.variants_max_n else []:
+        params = {**base, **variant_params(spec, args)}
+        result = run_child("hnsw", vectors, work, params, args.hnsw_timeout)
+        print_backend(f"hnsw variant {spec}", result, emb_bytes)
+        verdict[f"hnsw[{spec}]"] = judge(result, emb_bytes)
+    vectors.unlink()
+    return verdict
 
-    first = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--child", "serve", str(cache),
-                              str(work / "queries.npy"), str(work / "truth.npy"), "1", "600"],
-                             stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
-    serve = json.loads(first.stdout.readline())
-    second = run_child("serve", str(cache), str(work / "queries.npy"), str(work / "truth.npy"), "0", "0")
-    first.kill()
-    first.wait()
-    print(f"serve: open {serve['open_s']:.2f} s (imports {serve['import_s']:.1f} s), backend {serve['backend']}, "
-          f"search_k {serve['search_k']}: p50 {serve['p50_ms']:.2f} ms, p95 {serve['p95_ms']:.2f} ms, "
-          f"recall@10 {serve['recall_at_10']:.3f} ({n_queries} held-out queries)")
-    for key in ("before_open", "after_open", "after_queries"):
-        s = serve[key]
-        print(f"  first process {key:14s} RSS {gib(s['VmRSS'])} (anon {gib(s['RssAnon'])}, file {gib(s['RssFile'])}, "
-              f"PSS {gib(s.get('Pss', 0))})")
-    if "after_exact" in serve:
-        s = serve["after_exact"]
-        print(f"  exact search on the memory map: p50 {serve['exact_p50_ms']:.1f} ms; RSS after {gib(s['VmRSS'])} "
-              f"(anon {gib(s['RssAnon'])}, file {gib(s['RssFile'])})")
-    for row in serve.get("sweep", []):
-        print(f"  search_k {row['search_k']:>7,}: p50 {row['p50_ms']:6.2f} ms  p95 {row['p95_ms']:6.2f} ms  "
-              f"recall@10 {row['recall_at_10']:.3f}")
-    s2, b2 = second["after_queries"], second["before_open"]
-    print(f"second process (first still serving): open {second['open_s']:.2f} s; RSS {gib(s2['VmRSS'])} = anon "
-          f"{gib(s2['RssAnon'])} + file-backed {gib(s2['RssFile'])} (shared page cache); PSS {gib(s2.get('Pss', 0))}; "
-          f"growth over its pre-open RSS {gib(s2['VmRSS'] - b2['VmRSS'])} (anon {gib(s2['RssAnon'] - b2['RssAnon'])})",
-          flush=True)
-    growth = build["ru_maxrss"] - build["baseline"]["VmRSS"]
-    verdicts += [
-        f"VERDICT n={n} build_s={build['build_s']:.1f} build_peak_rss={build['ru_maxrss']} "
-        f"build_peak_rss_over_baseline={growth} embedding_bytes={emb_bytes} "
-        f"rss_ratio={build['ru_maxrss'] / emb_bytes:.2f} rss_growth_ratio={growth / emb_bytes:.2f} "
-        f"target_rss<=1.5x={'met' if build['ru_maxrss'] <= 1.5 * emb_bytes else 'not met'}",
-        f"VERDICT n={n} disk_bytes={disk} index={serve['backend']} search_k={serve['search_k']} "
-        f"p50_ms={serve['p50_ms']:.2f} p95_ms={serve['p95_ms']:.2f} recall_at_10={serve['recall_at_10']:.3f} "
-        f"open_s={serve['open_s']:.2f}"
-        + (f" target_1M_p50<=5ms_recall>=0.95={'met' if serve['p50_ms'] <= 5 and serve['recall_at_10'] >= 0.95 else 'not met'}"
-           if n >= 1_000_000 else ""),
-        f"VERDICT n={n} second_process_rss={s2['VmRSS']} anon={s2['RssAnon']} file={s2['RssFile']} pss={s2.get('Pss', 0)}",
-    ]
+
+def variant_params(spec: str, args: argparse.Namespace) -> dict[str, Any]:
+    """'storage=E4M3,m=12' -> child params (unnamed settings keep the main run's)."""
+    params: dict[str, Any] = {"m": args.hnsw_m, "ef_construction": args.hnsw_ef_construction}
+    for part in spec.split(","):
+        key, _, value = part.partition("=")
+        params[key.strip()] = value.strip() if key.strip() == "storage" else int(value)
+    return params
+
+
+def index_rate(command: list[str], photos: Path, cache: Path, env: dict[str, str]) -> float | str:
+    """photos/s of the encoding phase that `python -m zsdemo index` reports, or the failure's text."""
+    out = subprocess.run([*command, str(photos), "--cache", str(cache), "--workers", "1"], cwd=cache.parent,
+                         env=env, capture_output=True, text=True, timeout=3600)
     shutil.rmtree(cache, ignore_errors=True)
-    return {"build": build, "serve": serve, "second": second, "disk": disk, "files": files}
+    if out.returncode != 0:
+        return f"FAILED\n{out.stderr[-2000:]}"
+    rate = [line for line in (out.stdout + out.stderr).splitlines() if "photos/s" in line]
+    return float(rate[-1].split("photos/s")[0].split()[-1]) if rate else float("nan")
 
 
-def bench_indexing(work: Path, n_photos: int, model: str, verdicts: list[str], machine: str) -> dict[str, Any]:
-    from bench.common import photo_files
+def bench_indexing(work: Path, n_photos: int, model: str, pretrained: str, machine: str) -> dict[str, Any]:
+    from bench.synthetic import photo_files
+    from zsdemo.config import ENVIRONMENT
 
     photos = work / "photos"
     photo_files(photos, n_photos)
-    print(f"\n== indexing {n_photos} generated 640x480 photos with {model} (random init) [{machine}]", flush=True)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "ZSDEMO_MODEL": model, "ZSDEMO_PRETRAINED": "none",
+    print(f"\n== indexing {n_photos} generated 640x480 photos with {model} (pretrained={pretrained}) [{machine}]",
+          flush=True)
+    env = {**os.environ, "PYTHONPATH": str(REPO), ENVIRONMENT["model"]: model, ENVIRONMENT["pretrained"]: pretrained,
            "HF_HUB_OFFLINE": "1"}
+    index = [sys.executable, "-m", "zsdemo", "index"]
     runs = {
-        "1 process, 1 thread": ([sys.executable, "-m", "zsdemo", "index"], {"OMP_NUM_THREADS": "1"}),
-        "1 process, 2 threads": ([sys.executable, "-m", "zsdemo", "index"], {"OMP_NUM_THREADS": "2"}),
-        "2 processes (torchrun), 1 thread each": (
-            [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "zsdemo", "index"],
-            {"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}),
+        "rank1_thread1": ("1 process, 1 thread", index, {"OMP_NUM_THREADS": "1"}),
+        "rank1_threads2": ("1 process, 2 threads", index, {"OMP_NUM_THREADS": "2"}),
+        "ranks2": ("2 processes (torchrun), 1 thread each",
+                   [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "zsdemo", "index"],
+                   {"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}),
     }
-    results: dict[str, float] = {}
-    for label, (command, extra) in runs.items():
-        cache = work / f"cache-{len(results)}"
-        out = subprocess.run([*command, str(photos), "--cache", str(cache), "--workers", "1"], cwd=work,
-                             env={**env, **extra}, capture_output=True, text=True, timeout=3600)
-        if out.returncode != 0:
-            print(f"{label}: FAILED\n{out.stderr[-2000:]}")
-            continue
-        rate = [line for line in (out.stdout + out.stderr).splitlines() if "photos/s" in line]
-        value = float(rate[-1].split("photos/s")[0].split()[-1]) if rate else float("nan")
-        results[label] = value
-        print(f"{label}: {value:.2f} photos/s (encoding phase, wall clock)", flush=True)
-        shutil.rmtree(cache, ignore_errors=True)
-    one = results.get("1 process, 1 thread", float("nan"))
-    two_threads = results.get("1 process, 2 threads", float("nan"))
-    two = results.get("2 processes (torchrun), 1 thread each", float("nan"))
-    verdicts.append(f"VERDICT indexing model={model} photos={n_photos} rank1_thread1={one:.2f} rank1_threads2="
-                    f"{two_threads:.2f} ranks2={two:.2f} speedup_vs_1thread={two / one:.2f} "
-                    f"speedup_vs_2threads={two / two_threads:.2f} "
-                    f"target>=1.6x={'met' if two / one >= 1.6 else 'not met'}")
+    results: dict[str, Any] = {"model": model, "photos": n_photos}
+    for key, (label, command, extra) in runs.items():
+        rate = index_rate(command, photos, work / f"cache-{key}", {**env, **extra})
+        print(f"{label}: {rate if isinstance(rate, str) else f'{rate:.2f} photos/s'} (encoding phase, wall clock)",
+              flush=True)
+        results[key] = rate if isinstance(rate, float) else None
+    one, two = results.get("rank1_thread1") or float("nan"), results.get("ranks2") or float("nan")
+    results["speedup_vs_1thread"] = round(two / one, 2) if one == one and two == two else None
     return results
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--section", choices=["all", "vectors", "indexing"], default="all")
-    parser.add_argument("--n-trees", type=int, default=None, help="Annoy trees (default: IndexConfig's)")
-    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--queries", type=int, default=1000, help="held-out queries (recall@10 and latency)")
+    parser.add_argument("--build-threads", type=int, default=2)
+    parser.add_argument("--annoy-trees", type=int, default=None, help="Annoy trees (default: IndexConfig's)")
+    parser.add_argument("--annoy-trees-large", type=int, default=20, help="Annoy trees at --large rows and above")
+    parser.add_argument("--large", type=int, default=500_000)
+    parser.add_argument("--annoy-timeout", type=float, default=2400.0, help="seconds before Annoy's child is killed")
+    parser.add_argument("--hnsw-timeout", type=float, default=3600.0)
+    parser.add_argument("--hnsw-m", type=int, default=None, help="default: IndexConfig's hnsw_m")
+    parser.add_argument("--hnsw-ef-construction", type=int, default=None, help="default: IndexConfig's")
+    parser.add_argument("--hnsw-variants", nargs="*", default=[],
+                        help="extra HNSW builds to compare, e.g. storage=E4M3 m=8 'storage=E4M3,m=24'")
+    parser.add_argument("--variants-max-n", type=int, default=100_000, help="variants only at sizes up to this")
+    parser.add_argument("--query-budget-s", type=float, default=120.0,
+                        help="seconds of queries per measured setting (at least 20 queries; the count is printed)")
     parser.add_argument("--photos", type=int, default=96)
-    parser.add_argument("--model", default="ViT-B-32-quickgelu")
+    parser.add_argument("--model", default=None, help="indexing section (default: the app's, zsdemo.config)")
+    parser.add_argument("--pretrained", default=None, help="indexing section (default: none, random init)")
     parser.add_argument("--work", help="scratch folder (default: a temporary one)")
-    args = parser.parse_args()
-    if args.child:
-        kind, *rest = args.child
-        if kind == "build":
-            print(json.dumps(child_build(Path(rest[0]), Path(rest[1]), int(rest[2]))))
-        else:
-            print(json.dumps(child_serve(Path(rest[0]), Path(rest[1]), Path(rest[2]), rest[3] == "1", float(rest[4]))))
-        return
+    return parser.parse_args()
 
-    from bench.common import machine_info, machine_line
+
+def main() -> None:
+    args = parse_args()
+    if args.child:
+        backend, vectors, work, params = args.child
+        print(json.dumps(child_main(backend, Path(vectors), Path(work), json.loads(params))))
+        return
+    from bench.machine import machine_info, machine_line
+    from bench.settings import bench_config
     from zsdemo.store.index import IndexConfig
 
+    defaults = IndexConfig()
+    args.annoy_trees = args.annoy_trees or defaults.n_trees
+    args.hnsw_m = args.hnsw_m or defaults.hnsw_m
+    args.hnsw_ef_construction = args.hnsw_ef_construction or defaults.hnsw_ef_construction
     info = machine_info()
     machine = f"{info['cpu']}, {info['cpu_label']}, {info['cores']} cores"
     print(machine_line(info))
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    print("\n".join(line for line in lscpu.splitlines() if line.startswith(("Model name", "CPU(s)", "Flags")))[:400])
-    n_trees = args.n_trees or IndexConfig().n_trees
-    verdicts: list[str] = []
+    print(f"threads: {thread_settings()}; queries 1 thread; builds {args.build_threads} threads")
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="zsdemo-scale-"))
     work.mkdir(parents=True, exist_ok=True)
+    verdict: dict[str, Any] = {"targets": TARGETS, "cpu": info["cpu"], "cores": info["cores"],
+                               "chosen": defaults.approximate, "sizes": {}}
     try:
         if args.section in ("all", "vectors"):
             for n in args.sizes:
-                bench_vectors(n, work, n_trees, args.queries, verdicts, machine)
+                verdict["sizes"][str(n)] = bench_vectors(n, work, args, machine)
         if args.section in ("all", "indexing"):
-            bench_indexing(work, args.photos, args.model, verdicts, machine)
+            cfg = bench_config({"model": args.model, "pretrained": args.pretrained})
+            verdict["indexing"] = bench_indexing(work, args.photos, cfg.model, cfg.pretrained, machine)
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
-    print(f"\n-- verdicts [{machine}; load average {os.getloadavg()[0]:.1f}]")
-    for line in verdicts:
-        print(line)
+    largest = verdict["sizes"].get(str(max(args.sizes)), {}) if verdict["sizes"] else {}
+    verdict["pass"] = bool(largest.get(defaults.approximate, {}).get("pass")) if largest else None
+    verdict["load_avg_1m"] = round(load_average()[0], 2)
+    print(f"\n-- verdict [{machine}; load average {verdict['load_avg_1m']}]")
+    print("scale_verdict=" + json.dumps(verdict, separators=(",", ":")), flush=True)
 
 
 if __name__ == "__main__":
