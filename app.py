@@ -405,7 +405,7 @@ def build_demo(service: SearchService) -> gr.Blocks:
         if index is None or not 0 <= index < len(hits):
             return None, ""
         hit = hits[index]
-        from zsdemo.store.gallery import Hit
+        from zsdemo.store.layout import Hit
 
         found = Hit(hit["name"], Path(hit["photo"]), Path(hit["thumbnail"]), hit["score"])
         title = f"**#{index + 1} · {hit['name']}** · similarity {hit['score']:.3f}"

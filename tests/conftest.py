@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 
 import pytest
 from PIL import Image, ImageDraw
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+# exported query paths and remembered choices go to a folder of this run, not the user's ~/.cache
+os.environ.setdefault("ZSDEMO_QUERY_CACHE", tempfile.mkdtemp(prefix="zsdemo-query-paths-"))
 
 TINY_MODEL = "zsdemo-tiny-vit"  # zsdemo/model/configs/zsdemo-tiny-vit.json
 

@@ -125,7 +125,7 @@ def _photos(folder: Path, n: int) -> Path:
 
 
 def _names(work: Path, cache: str) -> set[str]:
-    from zsdemo.store.gallery import read_generation
+    from zsdemo.store.layout import read_generation
 
     manifest, _ = read_generation(work / cache)
     return {e["name"] for e in manifest["entries"]}
@@ -154,7 +154,7 @@ def test_a_second_builder_waits_for_the_lock(tmp_path):
     """A real second process on a cache being built: it says it waits, waits, then finishes cleanly."""
     import time
 
-    from zsdemo.store.gallery import cache_lock
+    from zsdemo.store.layout import cache_lock
 
     _photos(tmp_path / "mine", 4)
     assert run("index", "mine", "--cache", "c", cwd=tmp_path).returncode == 0

@@ -15,8 +15,10 @@ import pytest
 from test_gallery import CountingEncoder, make_photos
 
 from zsdemo.errors import CacheError
-from zsdemo.store.gallery import RUN_PREFIX, EncodeRun, Gallery, default_shard_size, read_generation
+from zsdemo.store.build import build_gallery
 from zsdemo.store.index import IndexConfig
+from zsdemo.store.layout import RUN_PREFIX, read_generation
+from zsdemo.store.runs import EncodeRun, default_shard_size
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {"PYTHONPATH": str(REPO), "ZSDEMO_MODEL": "zsdemo-tiny-vit", "ZSDEMO_PRETRAINED": "none",
@@ -24,14 +26,16 @@ ENV = {"PYTHONPATH": str(REPO), "ZSDEMO_MODEL": "zsdemo-tiny-vit", "ZSDEMO_PRETR
 ATOL = 1e-5  # fp32 on any x86 CPU: batch composition changes the summation order, nothing more
 
 
-def index(*args: str, ranks: int = 1, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def index(*args: str, ranks: int = 1, cwd: Path, kill: str | None = None) -> subprocess.CompletedProcess:
+    """`python -m zsdemo index ARGS` on `ranks` processes; `kill` "RANK:N": that rank SIGKILLs itself after
+    writing N shards (tests/kill_rank.py)."""
+    program = [str(REPO / "tests" / "kill_rank.py"), kill] if kill else ["-m", "zsdemo"]
     if ranks == 1:
-        command = [sys.executable, "-m", "zsdemo", "index", *args]
+        command = [sys.executable, *program, "index", *args]
     else:  # torchrun, as a user would start it (accelerate launch --cpu starts only one process)
         command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks),
-                   "--master_port", str(29_500 + os.getpid() % 1000), "-m", "zsdemo", "index", *args]
-    return subprocess.run(command, cwd=cwd, env={**os.environ, **ENV, **(env or {})}, capture_output=True, text=True,
-                          timeout=600)
+                   "--master_port", str(29_500 + os.getpid() % 1000), *program, "index", *args]
+    return subprocess.run(command, cwd=cwd, env={**os.environ, **ENV}, capture_output=True, text=True, timeout=600)
 
 
 def same_gallery(a: Path, b: Path) -> None:
@@ -75,8 +79,7 @@ def test_two_ranks_build_the_same_gallery_as_one(tmp_path):
 @pytest.mark.slow
 def test_a_killed_rank_resumes_without_re_encoding_finished_shards(tmp_path):
     make_photos(tmp_path / "p", 24)
-    killed = index("p", "--cache", "c", "--shard-size", "2", ranks=2, cwd=tmp_path,
-                   env={"ZSDEMO_TEST_KILL_AFTER_SHARDS": "1:2"})  # rank 1 SIGKILLs itself after 2 shards
+    killed = index("p", "--cache", "c", "--shard-size", "2", ranks=2, cwd=tmp_path, kill="1:2")
     assert killed.returncode != 0
     assert not (tmp_path / "c" / "CURRENT").exists(), "no generation from a killed run"
     [run_dir] = list((tmp_path / "c").glob(f"{RUN_PREFIX}*"))
@@ -99,7 +102,7 @@ def test_a_killed_rank_resumes_without_re_encoding_finished_shards(tmp_path):
 def test_shards_are_fixed_by_the_plan_and_split_round_robin(tmp_path, tiny_encoder):
     assert default_shard_size(10) == 16 and default_shard_size(64 * 100) == 100 and default_shard_size(10**7) == 1024
     make_photos(tmp_path / "p", 10)
-    from zsdemo.store.gallery import plan_update
+    from zsdemo.store.plan import plan_update
 
     plan = plan_update([tmp_path / "p"], tmp_path / "c", tiny_encoder.fingerprint())
     (tmp_path / "c").mkdir()
@@ -125,15 +128,15 @@ def test_an_interrupted_first_build_keeps_its_shards_and_resumes(tmp_path, tiny_
 
     monkeypatch.setattr(EncodeRun, "write_shard", write_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
-        Gallery.build([tmp_path / "p"], tmp_path / "c", counting, shard_size=4)
+        build_gallery([tmp_path / "p"], tmp_path / "c", counting, shard_size=4)
     monkeypatch.undo()
     assert (tmp_path / "c").is_dir(), "finished shards are kept for the next run"
     first = counting.encoded
     resumed = CountingEncoder(tiny_encoder)
-    gallery, report = Gallery.build([tmp_path / "p"], tmp_path / "c", resumed, shard_size=4)
+    gallery, report = build_gallery([tmp_path / "p"], tmp_path / "c", resumed, shard_size=4)
     assert len(gallery) == 12 and report.added == 12
     assert resumed.encoded == 4 and first >= 8, "only the unfinished shard is encoded again"
-    fresh, _ = Gallery.build([tmp_path / "p"], tmp_path / "fresh", tiny_encoder)
+    fresh, _ = build_gallery([tmp_path / "p"], tmp_path / "fresh", tiny_encoder)
     same_gallery(tmp_path / "c", tmp_path / "fresh")
 
 
@@ -146,10 +149,10 @@ def test_dataloader_encoding_equals_encode_photos(tmp_path, tiny_encoder):
     assert (procs.rank, procs.world) == (0, 1)
     for workers in (0, 1):
         runner = DistributedRunner(procs, workers=workers, batch_size=4, precision="auto")
-        Gallery.build([tmp_path / "p"], tmp_path / f"w{workers}", tiny_encoder, runner=runner, shard_size=3)
+        build_gallery([tmp_path / "p"], tmp_path / f"w{workers}", tiny_encoder, runner=runner, shard_size=3)
         assert runner.encoded == 9 and runner.photos_per_s > 0
         same_gallery(tmp_path / f"w{workers}", tmp_path / "w0")
-    Gallery.build([tmp_path / "p"], tmp_path / "local", tiny_encoder)
+    build_gallery([tmp_path / "p"], tmp_path / "local", tiny_encoder)
     same_gallery(tmp_path / "local", tmp_path / "w0")
     assert len(read_generation(tmp_path / "w1")[0]["skipped"]) == 1
 
@@ -158,7 +161,7 @@ def test_refused_builds_still_leave_nothing(tmp_path, tiny_encoder):
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "x.jpg").write_bytes(b"nope")
     with pytest.raises(CacheError, match="None of the 1 photo files"):
-        Gallery.build([tmp_path / "bad"], tmp_path / "c", tiny_encoder)
+        build_gallery([tmp_path / "bad"], tmp_path / "c", tiny_encoder)
     assert not (tmp_path / "c").exists()
 
 
@@ -175,6 +178,7 @@ def status():
     return out
 import numpy as np
 from zsdemo.store.gallery import Gallery
+from zsdemo.store.build import build_gallery
 sys.path.insert(0, sys.argv[2])
 from test_distributed_index import StubEncoder
 before = status()
@@ -201,7 +205,8 @@ class StubEncoder:
 
 @pytest.mark.slow
 def test_serving_a_large_cache_does_not_load_its_embeddings_into_memory(tmp_path):
-    from zsdemo.store.gallery import PhotoEntry, cache_lock, write_generation
+    from zsdemo.store.generation import write_generation
+    from zsdemo.store.layout import PhotoEntry, cache_lock
 
     n, dim = 200_000, 512
     rng = np.random.default_rng(0)

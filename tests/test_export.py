@@ -16,8 +16,8 @@ pq = pytest.importorskip("pyarrow.parquet")
 
 from test_gallery import make_photos  # noqa: E402
 
+from zsdemo.store.build import build_gallery  # noqa: E402
 from zsdemo.store.export import export_parquet, stable_id  # noqa: E402
-from zsdemo.store.gallery import Gallery  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_parquet_round_trip(tmp_path, tiny_encoder):
     make_photos(tmp_path / "a", 5)
     make_photos(tmp_path / "b" / "sub", 4, start=5)
-    gallery, _ = Gallery.build([tmp_path / "a", tmp_path / "b"], tmp_path / "c", tiny_encoder)
+    gallery, _ = build_gallery([tmp_path / "a", tmp_path / "b"], tmp_path / "c", tiny_encoder)
     out, rows = export_parquet(tmp_path / "c", tmp_path / "out" / "gallery.parquet", row_group=4)
     assert rows == 9 and out.is_file() and not list(out.parent.glob(".*.tmp"))
     table = pq.read_table(out)
@@ -50,7 +50,7 @@ def test_parquet_round_trip(tmp_path, tiny_encoder):
 @pytest.mark.slow
 def test_export_command(tmp_path, tiny_encoder):
     make_photos(tmp_path / "p", 3)
-    Gallery.build([tmp_path / "p"], tmp_path / "c", tiny_encoder)
+    build_gallery([tmp_path / "p"], tmp_path / "c", tiny_encoder)
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
     out = subprocess.run([sys.executable, "-m", "zsdemo", "export", "--cache", "c", "g.parquet"], cwd=tmp_path,
                          env=env, capture_output=True, text=True, timeout=300)

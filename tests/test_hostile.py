@@ -15,7 +15,10 @@ from PIL import Image, ImageDraw
 from zsdemo.errors import EmptySketchError, ImageError
 from zsdemo.limits import neutralise, parse_strokes, safe_stem
 from zsdemo.model.preprocess import MAX_SKETCH_SIDE, clean_sketch, load_photo, open_image, strokes_to_image
-from zsdemo.store.gallery import RUN_PREFIX, Gallery
+from zsdemo.store.build import build_gallery
+from zsdemo.store.gallery import Gallery
+from zsdemo.store.layout import RUN_PREFIX
+from zsdemo.store.uploads import add_photos
 
 
 def photos_in(folder, n: int = 4):
@@ -111,30 +114,30 @@ def test_a_photo_that_fails_the_transform_is_skipped_not_blocking(tmp_path, tiny
     from zsdemo.model.preprocess import guarded
 
     monkeypatch.setattr(tiny_encoder, "transform", guarded(transform))
-    gallery, report = Gallery.build([photos], tmp_path / "c", tiny_encoder)
+    gallery, report = build_gallery([photos], tmp_path / "c", tiny_encoder)
     assert len(gallery) == 4 and [p for p, _ in report.skipped] == [str((photos / "bad.png").resolve())]
     assert "could not be processed" in report.skipped[0][1]
-    again, second = Gallery.build([photos], tmp_path / "c", tiny_encoder)  # remembered: not retried
+    again, second = build_gallery([photos], tmp_path / "c", tiny_encoder)  # remembered: not retried
     assert len(again) == 4 and second.added == 0 and not list((tmp_path / "c").glob(f"{RUN_PREFIX}*"))
 
 
 def test_a_failed_build_leaves_no_build_folder_and_the_old_generation(tmp_path, tiny_encoder):
     photos = photos_in(tmp_path / "p", 3)
-    first, _ = Gallery.build([photos], tmp_path / "c", tiny_encoder)
+    first, _ = build_gallery([photos], tmp_path / "c", tiny_encoder)
     Image.fromarray(np.full((40, 60, 3), 7, np.uint8)).save(photos / "new.png")
 
     def broken(run, encoder, progress):
         raise RuntimeError("encoder crashed")
 
     with pytest.raises(RuntimeError):
-        Gallery.build([photos], tmp_path / "c", tiny_encoder, runner=broken)
+        build_gallery([photos], tmp_path / "c", tiny_encoder, runner=broken)
     assert not list((tmp_path / "c").glob(f"{RUN_PREFIX}*"))
     assert [g.name for g in (tmp_path / "c").glob("gen-*")] == [first.generation_dir.name]
     assert len(Gallery.open(tmp_path / "c", tiny_encoder)) == 3
 
 
 def test_uploads_that_fail_are_removed_and_odd_names_are_kept_renamed(tmp_path, tiny_encoder, monkeypatch):
-    gallery, _ = Gallery.build([photos_in(tmp_path / "p", 3)], tmp_path / "c", tiny_encoder)
+    gallery, _ = build_gallery([photos_in(tmp_path / "p", 3)], tmp_path / "c", tiny_encoder)
     up = tmp_path / "up"
     up.mkdir()
     Image.fromarray(np.full((30, 30, 3), 90, np.uint8)).save(up / ".hidden.jpg")
@@ -151,13 +154,13 @@ def test_uploads_that_fail_are_removed_and_odd_names_are_kept_renamed(tmp_path, 
 
     monkeypatch.setattr(tiny_encoder, "transform", guarded(transform))
     files = [up / ".hidden.jpg", up / "..\\..\\x.png", up / "bad.png"]
-    after, report = gallery.add_photos(files, tiny_encoder)
+    after, report = add_photos(gallery, files, tiny_encoder)
     assert report.added == 2 and len(after) == 5  # was "Added 0": hidden names were dropped silently
     assert ("bad.png", report.skipped[0][1]) == report.skipped[0] and len(report.skipped) == 1
     assert dict(report.renamed) == {".hidden.jpg": "hidden.jpg", "..\\..\\x.png": "x.png"}
     stored = sorted(p.name for p in gallery.uploads_dir.iterdir())
     assert len(stored) == 2 and not any(n.startswith("bad") for n in stored)
-    more, _ = after.add_photos([up / ".hidden.jpg"], tiny_encoder)  # the next upload works
+    more, _ = add_photos(after, [up / ".hidden.jpg"], tiny_encoder)  # the next upload works
     assert len(more) == 5
 
 

@@ -9,23 +9,27 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import zsdemo.query.precision as precision
+import zsdemo.query.onnx_paths as onnx_paths
+import zsdemo.query.select as select
 from conftest import TINY_MODEL
+from zsdemo.config import MIN_QUERY_COSINE, canonical_path
 from zsdemo.errors import ZsdemoError
 from zsdemo.model.encoder import EncoderConfig, SketchPhotoEncoder, create_clip
 from zsdemo.model.prompts import PromptedViT, PromptSpec
-from zsdemo.query.precision import (
-    MIN_QUERY_COSINE,
+from zsdemo.query.cpu import cpu_features
+from zsdemo.query.onnx_paths import onnx_cache_key, onnxruntime_available
+from zsdemo.query.paths import make_query_model
+from zsdemo.query.probes import default_probe_images
+from zsdemo.query.select import (
     auto_candidates,
-    canonical_path,
-    default_probe_images,
-    make_query_model,
-    onnx_cache_key,
+    choose_query_path,
+    prepare_query_path,
+    read_choices,
     select_query_path,
     summarize,
 )
 
-needs_ort = pytest.mark.skipif(not precision.onnxruntime_available(), reason="onnxruntime not installed")
+needs_ort = pytest.mark.skipif(not onnxruntime_available(), reason="onnxruntime not installed")
 
 
 def tiny_prompted(spec: PromptSpec | None = None, seed: int = 1) -> PromptedViT:
@@ -103,8 +107,8 @@ def test_bf16_is_a_candidate_only_with_native_bf16():
 
 
 def test_auto_reports_skipped_bf16_on_a_cpu_without_it(monkeypatch):
-    features = {**precision.cpu_features(), "native_bf16": False}
-    monkeypatch.setattr(precision, "cpu_features", lambda: features)
+    features = {**cpu_features(), "native_bf16": False}
+    monkeypatch.setattr(select, "cpu_features", lambda: features)
     chosen = select_query_path(tiny_prompted(), "auto", min_params=0, budget_s=0.5,
                                builders={"onnx-int8": Broken, "onnx-fp32": Broken})
     assert chosen.candidates["bf16"].ms is None and "skipped" in chosen.candidates["bf16"].note
@@ -134,16 +138,44 @@ def test_unknown_precision_is_a_clear_error():
         SketchPhotoEncoder.load(EncoderConfig(model=TINY_MODEL, pretrained="none", query_precision="fp8"))
 
 
-def test_encoder_exposes_the_path_in_use():
+def test_encoder_answers_in_fp32_until_a_path_is_prepared_then_exposes_it(tmp_path):
     encoder = SketchPhotoEncoder.load(EncoderConfig(model=TINY_MODEL, pretrained="none"))
     assert encoder.cfg.query_precision == "auto"
+    assert encoder.query_path == "fp32" and encoder.query_model("auto") is encoder.prompted  # nothing chosen yet
+    prepare_query_path(encoder, cache_dir=tmp_path)
     assert encoder.query_path == "fp32"  # tiny model: auto keeps fp32
     report = encoder.query_report
     assert report["path"] == encoder.query_path and isinstance(report["summary"], str) and report["cpu"]
     assert encoder.query_model("auto") is encoder.query_model(encoder.query_path)
     int8 = SketchPhotoEncoder.load(EncoderConfig(model=TINY_MODEL, pretrained="none", query_precision="torch-int8"))
+    assert int8.query_path == "fp32"
+    prepare_query_path(int8, cache_dir=tmp_path)
     assert int8.query_path == "int8" and int8.query_cosine >= MIN_QUERY_COSINE
-    assert int8.query_model("fp32") is int8.prompted
+    assert int8.query_model("fp32") is int8.prompted and int8.query_model("int8") is not int8.prompted
+    with pytest.raises(ZsdemoError, match="not prepared"):
+        int8.query_model("bf16")
+
+
+def test_an_auto_choice_is_remembered_per_machine_and_reused_without_timing_again(tmp_path, monkeypatch):
+    prompted = tiny_prompted(PromptSpec(3))
+    first = choose_query_path(prompted, "auto", cache_dir=tmp_path)  # tiny model: nothing timed, nothing kept
+    assert first.path == "fp32" and read_choices(tmp_path) == {}
+    monkeypatch.setattr(select, "AUTO_MIN_PARAMS", 0)
+    monkeypatch.setattr(select, "auto_candidates", lambda features, device: (["int8"], {}))
+    chosen = choose_query_path(prompted, "auto", cache_dir=tmp_path)
+    [record] = read_choices(tmp_path).values()
+    assert record["path"] == chosen.path and record["requested"] == "auto" and record["cpu"]
+
+    timed: list[str] = []
+    original = select.time_interleaved
+    monkeypatch.setattr(select, "time_interleaved", lambda fns, *a, **k: timed.extend(fns) or original(fns, *a, **k))
+    again = choose_query_path(prompted, "auto", cache_dir=tmp_path)
+    assert again.path == chosen.path and "remembered" in again.note and again.requested == "auto"
+    assert set(timed) <= {"fp32", chosen.path}, "only the remembered path is built again"
+    # another encoder (other prompts) on the same machine is not given this machine's choice for the first one
+    other = tiny_prompted(PromptSpec(2))
+    choose_query_path(other, "auto", cache_dir=tmp_path)
+    assert len(read_choices(tmp_path)) == 2
 
 
 @needs_ort
@@ -178,8 +210,8 @@ def test_exported_onnx_files_are_cached_and_reused(tmp_path, monkeypatch):
     def no_export(*args, **kwargs):
         raise AssertionError("exported again")
 
-    monkeypatch.setattr(precision, "export_onnx", no_export)
-    monkeypatch.setattr(precision, "quantize_onnx", no_export)
+    monkeypatch.setattr(onnx_paths, "export_onnx", no_export)
+    monkeypatch.setattr(onnx_paths, "quantize_onnx", no_export)
     again = make_query_model(prompted, "onnx-int8", cache_dir=tmp_path)
     assert again.file == first.file
     images = default_probe_images(prompted)

@@ -9,6 +9,7 @@ from PIL import Image
 from tests.conftest import TINY_MODEL, canvas_value, draw_sketch
 from zsdemo.config import ServeConfig
 from zsdemo.serve.service import LARGE_PHOTO_SIDE, SearchService
+from zsdemo.store.build import build_gallery
 from zsdemo.store.gallery import Gallery
 
 
@@ -52,7 +53,7 @@ def test_startup_failure_is_in_the_status_not_raised(tiny_encoder, tmp_path):
 def test_a_stale_cache_is_rebuilt_from_the_users_folders_not_the_starter(tiny_encoder, tmp_path):
     """The app started with --cache DIR whose cache is stale or damaged keeps the user's gallery."""
     mine = photos_in(tmp_path / "mine", 4)
-    Gallery.build([mine], tmp_path / "c", tiny_encoder)
+    build_gallery([mine], tmp_path / "c", tiny_encoder)
     (tmp_path / "c" / "CURRENT").write_text("gen-lost")  # fails to open
     s = SearchService(ServeConfig(cache=str(tmp_path / "c")), encoder=tiny_encoder)
     s.prepare()

@@ -59,8 +59,9 @@ def cmd_index(args: argparse.Namespace) -> int:
     """Index photo folders; under torchrun / accelerate launch the encoding is spread over the processes
     (zsdemo.store.distributed): only the main process takes the cache lock, plans, merges and prints."""
     from zsdemo.serve.service import gallery_sources
+    from zsdemo.store.build import build_gallery
     from zsdemo.store.distributed import DistributedRunner, Processes, follow
-    from zsdemo.store.gallery import Gallery, recorded_sources
+    from zsdemo.store.layout import recorded_sources
 
     procs = Processes()
     try:
@@ -79,7 +80,7 @@ def cmd_index(args: argparse.Namespace) -> int:
             encoder = _encoder(config, device=str(procs.device), batch_size=args.batch_size)
             bar, update = _progress_bar("Indexing")
             try:
-                gallery, report = Gallery.build(sources, cache, encoder, progress=update,
+                gallery, report = build_gallery(sources, cache, encoder, progress=update,
                                                 on_wait=lambda message: print(message, file=sys.stderr),
                                                 runner=runner, shard_size=args.shard_size)
             finally:
@@ -122,7 +123,7 @@ def _model_flags(args: argparse.Namespace) -> str:
 
 
 def _load_manifest(cache: Path) -> dict[str, Any]:
-    from zsdemo.store.gallery import read_generation
+    from zsdemo.store.layout import read_generation
 
     manifest, _ = read_generation(cache)
     return manifest
@@ -155,7 +156,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from zsdemo.model.encoder import EncoderConfig, fingerprint_without_loading
-    from zsdemo.store.gallery import plan_update
+    from zsdemo.store.plan import plan_update
 
     cache = _serve_config(args).cache_dir
     manifest = _load_manifest(cache)

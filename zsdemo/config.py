@@ -21,7 +21,12 @@ from zsdemo.errors import ZsdemoError
 DEFAULT_MODEL = "ViT-B-32-quickgelu"
 DEFAULT_PRETRAINED = "openai"
 RANDOM_WEIGHTS = ("none", "random", "")  # spellings of "random init, for tests only"
-DEFAULT_QUERY_PRECISION = "auto"  # sketch queries only (zsdemo.query.precision); photos are always fp32
+# Sketch query paths (zsdemo.query): photos are always encoded in fp32, only sketch queries use these.
+AUTO = "auto"  # measure the paths that make sense on this CPU, keep the fastest close enough to fp32
+QUERY_PATHS = ("fp32", "int8", "bf16", "onnx-fp32", "onnx-int8")
+ALIASES = {"torch-fp32": "fp32", "torch-int8": "int8", "torch-bf16": "bf16"}
+QUERY_PRECISIONS = (AUTO, *QUERY_PATHS, *ALIASES)  # every accepted query_precision value
+DEFAULT_QUERY_PRECISION = AUTO
 MIN_QUERY_COSINE = 0.99  # a reduced-precision query path is used only this close to fp32
 DEFAULT_CACHE_ROOT = Path("gallery_cache")
 STARTER_CACHE_NAME = "starter"
@@ -106,6 +111,14 @@ def resolve_serve_config(flags: Mapping[str, Any] | None = None, manifest: Mappi
         if value is not None and value != [] and name in {f.name for f in fields(ServeConfig)}:
             values[name] = value
     return ServeConfig(**values)
+
+
+def canonical_path(precision: str) -> str:
+    """'torch-int8' -> 'int8'; ZsdemoError for unknown names."""
+    name = ALIASES.get(precision.strip().lower(), precision.strip().lower())
+    if name != AUTO and name not in QUERY_PATHS:
+        raise ZsdemoError(f"query_precision must be one of {', '.join(QUERY_PRECISIONS)}, not {precision!r}.")
+    return name
 
 
 def is_random_weights(pretrained: str) -> bool:

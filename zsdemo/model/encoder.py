@@ -19,14 +19,19 @@ import huggingface_hub
 import numpy as np
 import open_clip
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
-from zsdemo.config import DEFAULT_MODEL, DEFAULT_PRETRAINED, ServeConfig, is_random_weights
+from zsdemo.config import (
+    AUTO,
+    DEFAULT_MODEL,
+    DEFAULT_PRETRAINED,
+    ServeConfig,
+    canonical_path,
+    is_random_weights,
+)
 from zsdemo.errors import WeightsUnavailableError, ZsdemoError
 from zsdemo.model.preprocess import PREPROCESS_VERSION, Transform, clean_sketch, guarded, load_photo
 from zsdemo.model.prompts import PromptCheckpoint, PromptedViT, PromptSpec, check_compatible, read_checkpoint
-from zsdemo.query.precision import AUTO, canonical_path, make_query_model, probe_sketches, select_query_path
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +49,10 @@ class EncoderConfig:
     ZSDEMO_QUERY_PRECISION) so a Hugging Face Space is configured without code changes.
 
     query_precision (sketch queries only; gallery photos are always encoded in fp32, so caches do not
-    depend on it) defaults to "auto": at load the encoder builds the query paths that make sense on this CPU
-    (torch int8; ONNX Runtime int8 and fp32; bf16 only with native bf16), rejects any whose cosine to fp32
-    on built-in probe sketches is below MIN_QUERY_COSINE (0.99), times the rest against fp32 (interleaved,
-    a few seconds) and keeps the fastest: see zsdemo.query.precision.select_query_path. The choice is logged and
-    kept in `encoder.query_path` / `encoder.query_report` (its "summary" is the line for the page).
-    Exported ONNX files are cached (ZSDEMO_QUERY_CACHE, default ~/.cache/zsdemo/query-paths), so only the
-    first load pays for the export. A named path (fp32, int8, bf16, onnx-fp32, onnx-int8; torch-int8 and
-    torch-bf16 are aliases) is used as asked unless it fails the probe check (then fp32, with a warning).
-    Measured by `python bench/query.py` in one run per machine; "fp32" gives bit-exact output.
+    depend on it) names the sketch query path to prepare: "auto" (the default) measures the paths that make
+    sense on this CPU once per machine and keeps the fastest close enough to fp32, or a named path (fp32,
+    int8, bf16, onnx-fp32, onnx-int8). A loaded encoder answers in fp32 until a path is prepared for it
+    (zsdemo.query.select.prepare_query_path, which calls `use_query_path`).
     """
 
     model: str = DEFAULT_MODEL
@@ -231,8 +231,11 @@ class SketchPhotoEncoder:
             self.image_size, is_train=False, mean=pp.get("mean"), std=pp.get("std"),
             interpolation=pp.get("interpolation"), resize_mode=pp.get("resize_mode")))
         self.embed_dim = int(clip.visual.output_dim)
-        self._query_model = self._make_query_model(cfg.query_precision)
-        self._other_query_models: dict[str, torch.nn.Module] = {}
+        canonical_path(cfg.query_precision)  # an unknown name is refused at load, not at the first query
+        self._query_model: torch.nn.Module = self.prompted
+        self.query_path = "fp32"  # the path sketch queries use now, e.g. "onnx-int8" once prepared
+        self.query_report: dict[str, Any] = {"path": "fp32", "summary": "fp32", "cosine": 1.0}
+        self.query_cosine = 1.0  # min cosine to fp32 on the probe sketches
         self._tokenizer: Any = None
 
     # ---- construction -------------------------------------------------------------------
@@ -250,38 +253,21 @@ class SketchPhotoEncoder:
         ckpt = read_checkpoint(prompts) if prompts else None
         return type(self)(cfg, self.clip, _prompted_for(self.clip, cfg, ckpt), ckpt.sha256 if ckpt else None)
 
-    def _make_query_model(self, precision: str) -> torch.nn.Module:
-        """Choose the sketch query path (select_query_path); sets query_path, query_report, query_cosine."""
-        selection = select_query_path(self.prompted, precision, probe_images=self._probe_images(),
-                                      device=self.cfg.device, fingerprint=self.fingerprint())
-        self.query_path: str = selection.path  # the path sketch queries use, e.g. "onnx-int8"
-        self.query_report: dict[str, Any] = selection.report  # timings, cosines, CPU; ["summary"] for the page
-        self.query_cosine: float = float(self.query_report["cosine"] or 1.0)  # min cosine to fp32 on the probes
-        return selection.model
-
-    def _probe_images(self, n: int = 4) -> torch.Tensor:
-        return torch.stack([self.transform(im) for im in probe_sketches(n, self.image_size)])
-
-    @torch.inference_mode()
-    def probe_cosine(self, model: torch.nn.Module, n: int = 4) -> float:
-        """Min cosine between `model` and the fp32 model on `n` built-in probe sketches."""
-        images = self._probe_images(n).to(self.cfg.device)
-        ref = self.prompted(images, "sketch")
-        return float(F.cosine_similarity(model(images, "sketch").float(), ref).min())
+    def use_query_path(self, path: str, model: torch.nn.Module, report: dict[str, Any]) -> None:
+        """Answer sketch queries with `model` (path `path`, as chosen and checked by zsdemo.query.select)."""
+        self.query_report = report
+        self.query_cosine = float(report.get("cosine") or 1.0)
+        self.query_path, self._query_model = path, model  # last: a query in flight sees the old or the new pair
 
     def query_model(self, precision: str) -> torch.nn.Module:
-        """The model that encodes at `precision` (built once, then cached): (images, modality) -> (B, D).
-        The configured precision (e.g. "auto") and the chosen path's name give the model in use."""
-        if precision in (self.cfg.query_precision, self.query_path):
-            return self._query_model
+        """The model that encodes at `precision`: (images, modality) -> (B, D). "fp32" is the prompted encoder; the
+        configured precision (e.g. "auto"), "auto" and the prepared path's name give the model in use."""
         name = canonical_path(precision)
         if name == "fp32":
             return self.prompted
-        if name == AUTO:
+        if precision == self.cfg.query_precision or name in (AUTO, self.query_path):
             return self._query_model
-        if name not in self._other_query_models:
-            self._other_query_models[name] = make_query_model(self.prompted, name, probe_images=self._probe_images())
-        return self._other_query_models[name]
+        raise ZsdemoError(f"The {name} query path is not prepared for this encoder (it uses {self.query_path}).")
 
     # ---- identity -----------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:

@@ -11,7 +11,8 @@ from PIL import Image
 
 from zsdemo.model.encoder import SketchPhotoEncoder
 from zsdemo.model.preprocess import clean_sketch, load_photo
-from zsdemo.store.gallery import Gallery, Hit
+from zsdemo.store.gallery import Gallery
+from zsdemo.store.layout import Hit
 
 
 @dataclass

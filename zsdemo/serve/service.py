@@ -29,7 +29,10 @@ from zsdemo.config import ServeConfig, is_random_weights, resolve_hub_file, reso
 from zsdemo.errors import CacheError, EmptySketchError, ZsdemoError
 from zsdemo.limits import neutralise, read_k, read_mode, read_text, read_text_weight
 from zsdemo.model.preprocess import PHOTO_EXTENSIONS, clean_sketch, load_photo
-from zsdemo.store.gallery import BuildReport, Gallery, Hit, is_new_cache, recorded_sources
+from zsdemo.store.build import BuildReport, build_gallery
+from zsdemo.store.gallery import Gallery
+from zsdemo.store.layout import Hit, is_new_cache, recorded_sources
+from zsdemo.store.uploads import add_photos
 
 log = logging.getLogger(__name__)
 
@@ -268,7 +271,7 @@ class SearchService:
 
         progress(0, 0, "indexing photos (an up-to-date cache is reused)")
         sources = list(self.engine.gallery.sources)
-        gallery, report = Gallery.build(sources, mode.cache_dir, mode.encoder, progress=progress, on_wait=waiting)
+        gallery, report = build_gallery(sources, mode.cache_dir, mode.encoder, progress=progress, on_wait=waiting)
         log.info("Gallery of mode %s ready: %s", mode.name, report.summary())
         return gallery
 
@@ -292,7 +295,7 @@ class SearchService:
                     log.warning("%s Rebuilding it from the photo folders it records.", exc)
         sources = gallery_sources(self.cache_dir, self.config.galleries)
         self._set("indexing", "Indexing photos (an up-to-date cache is reused)…")
-        gallery, report = Gallery.build(sources, self.cache_dir, self.encoder, progress=self._progress,
+        gallery, report = build_gallery(sources, self.cache_dir, self.encoder, progress=self._progress,
                                         on_wait=self._waiting)
         log.info("Gallery ready: %s", report.summary())
         return gallery
@@ -507,7 +510,7 @@ class SearchService:
                 started = time.perf_counter()
                 try:
                     gallery, report = self._index_gently(
-                        lambda: self.engine.gallery.add_photos(paths, self.encoder, progress=progress))
+                        lambda: add_photos(self.engine.gallery, paths, self.encoder, progress=progress))
                 except ZsdemoError as exc:
                     return AddOutcome(False, str(exc), skipped=skipped)
                 self._serve(gallery)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -38,12 +37,12 @@ import numpy as np
 import torch
 
 from zsdemo.errors import ImageError
-from zsdemo.store.gallery import EncodeRun, PhotoEncoder, ProgressFn, SkippedFile, _decode_pending
+from zsdemo.store.layout import PhotoEncoder, ProgressFn, SkippedFile
+from zsdemo.store.runs import EncodeRun, decode_pending
 
 log = logging.getLogger(__name__)
 
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
-KILL_HOOK = "ZSDEMO_TEST_KILL_AFTER_SHARDS"  # "RANK:N": that rank kills itself (SIGKILL) after N shards (tests)
 
 
 class Processes:
@@ -101,7 +100,7 @@ class _ShardPhotos(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[int, Any]:
         index = self.indices[i]
-        decoded = _decode_pending(self.run.photos[index], self.thumbs)
+        decoded = decode_pending(self.run.photos[index], self.thumbs)
         if isinstance(decoded, SkippedFile):
             return index, decoded
         image, entry = decoded
@@ -128,7 +127,6 @@ def encode_shards(run: EncodeRun, encoder: Any, procs: Processes, workers: int =
                   precision: str = "fp32", progress: ProgressFn | None = None) -> int:
     """Encode this process's unfinished shards of `run`; returns the number of photos it encoded."""
     shards = run.todo(procs.rank, procs.world)
-    _install_kill_hook(run, procs.rank)
     dataset = _ShardPhotos(run, shards, encoder.transform)
     if not len(dataset):
         return 0
@@ -155,27 +153,8 @@ def encode_shards(run: EncodeRun, encoder: Any, procs: Processes, workers: int =
     return len(dataset)
 
 
-def _install_kill_hook(run: EncodeRun, rank: int) -> None:
-    """Test hook (KILL_HOOK="RANK:N"): that rank SIGKILLs itself after writing N shards - a real kill -9."""
-    spec = os.environ.get(KILL_HOOK)
-    if not spec:
-        return
-    who, after = (int(part) for part in spec.split(":"))
-    if who != rank:
-        return
-    original, written = run.write_shard, [0]
-
-    def write_then_maybe_die(*args: Any, **kwargs: Any) -> None:
-        original(*args, **kwargs)
-        written[0] += 1
-        if written[0] >= after:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    run.write_shard = write_then_maybe_die  # type: ignore[method-assign]
-
-
 class DistributedRunner:
-    """The main rank's runner for Gallery.build: announces the run to the other ranks, encodes its own
+    """The main rank's runner for build_gallery: announces the run to the other ranks, encodes its own
     shards, waits for theirs. `announced` tells whether the other ranks were told anything yet."""
 
     def __init__(self, procs: Processes, workers: int, batch_size: int, precision: str) -> None:

@@ -20,7 +20,7 @@ import uuid
 from pathlib import Path
 
 from zsdemo.errors import ZsdemoError
-from zsdemo.store.gallery import read_generation
+from zsdemo.store.layout import read_generation
 
 log = logging.getLogger(__name__)
 
