@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from train_helpers import CONFIGS, ROOT, make_miniature, run_env
 
 from train import check_data
 from train.config import load_config
@@ -16,7 +17,6 @@ from train.datasets import ImageListDataset, TripletDataset
 from train.layouts import LAYOUTS
 from train.samplers import CategoryBatchSampler
 from train.splits import SPLITS, build_split, split_from_config
-from train.testing import CONFIGS, ROOT, make_miniature, run_env
 from train.transforms import eval_transform
 
 # (layout preset, the shipped config it goes with, fine-grained?)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import types
 import typing
@@ -11,6 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from zsdemo.config import DEFAULT_MODEL, DEFAULT_PRETRAINED
+
+# The text prompt of the class-text embeddings (training CE and the tiny backbone's pretraining).
+TEXT_TEMPLATE = "a photo of a {}"
+
+
+class ConfigError(ValueError):
+    """A config file or key that cannot be used; the message is one line, meant for the person who typed it."""
 
 
 @dataclass
@@ -40,12 +50,12 @@ class TrainConfig:
     # "auto" = ink for category-level, none for fine-grained (the patch-shuffle loss needs aligned pairs).
     sketch_crop: str = "auto"
     # ---- model --------------------------------------------------------------------------
-    model: str = "ViT-B-32-quickgelu"
-    pretrained: str = "openai"
+    model: str = DEFAULT_MODEL
+    pretrained: str = DEFAULT_PRETRAINED
     n_prompts: int = 3
     deep: bool = False
     layernorm: bool = True
-    text_template: str = "a photo of a {}"
+    text_template: str = TEXT_TEMPLATE
     # ---- optimisation -------------------------------------------------------------------
     batch_size: int = 64  # triplets per process per micro-batch
     epochs: int = 60
@@ -94,35 +104,34 @@ class TrainConfig:
     progress: bool = True
     resume: bool = False
     overwrite: bool = False  # a fresh run into a non-empty out_dir deletes that run folder first (else it refuses)
-    stop_after_steps: int = 0  # testing: exit hard (os._exit) right after the checkpoint at this step
     push_to_hub: str = ""
 
     def validate(self) -> None:
         if self.setting not in ("category", "fine_grained"):
-            raise ValueError(f"setting must be 'category' or 'fine_grained', not {self.setting!r}")
+            raise ConfigError(f"setting must be 'category' or 'fine_grained', not {self.setting!r}")
         if self.metric_convention not in ("sake", "torchmetrics"):
-            raise ValueError(f"metric_convention must be 'sake' or 'torchmetrics', not {self.metric_convention!r}")
+            raise ConfigError(f"metric_convention must be 'sake' or 'torchmetrics', not {self.metric_convention!r}")
         if self.metric_ties not in ("random", "pessimistic", "optimistic"):
-            raise ValueError(f"metric_ties must be 'random', 'pessimistic' or 'optimistic', not {self.metric_ties!r}")
+            raise ConfigError(f"metric_ties must be 'random', 'pessimistic' or 'optimistic', not {self.metric_ties!r}")
         if self.metric_average not in ("query", "class"):
-            raise ValueError(f"metric_average must be 'query' or 'class', not {self.metric_average!r}")
+            raise ConfigError(f"metric_average must be 'query' or 'class', not {self.metric_average!r}")
         if self.fg_gallery not in ("unseen", "category"):
-            raise ValueError(f"fg_gallery must be 'unseen' or 'category', not {self.fg_gallery!r}")
+            raise ConfigError(f"fg_gallery must be 'unseen' or 'category', not {self.fg_gallery!r}")
         if self.setting == "fine_grained" and self.batch_size % self.instances_per_class:
-            raise ValueError(f"batch_size {self.batch_size} must be a multiple of instances_per_class "
+            raise ConfigError(f"batch_size {self.batch_size} must be a multiple of instances_per_class "
                              f"{self.instances_per_class} (P classes x Q instances)")
         if self.grad_accum < 1 or self.batch_size < 2:
-            raise ValueError("grad_accum must be >= 1 and batch_size >= 2")
+            raise ConfigError("grad_accum must be >= 1 and batch_size >= 2")
         if self.sketch_crop not in ("auto", "ink", "none"):
-            raise ValueError(f"sketch_crop must be 'auto', 'ink' or 'none', not {self.sketch_crop!r}")
+            raise ConfigError(f"sketch_crop must be 'auto', 'ink' or 'none', not {self.sketch_crop!r}")
         if self.delta_form not in ("paired", "sorted"):
-            raise ValueError(f"delta_form must be 'paired' or 'sorted', not {self.delta_form!r}")
+            raise ConfigError(f"delta_form must be 'paired' or 'sorted', not {self.delta_form!r}")
         if self.delta_tau <= 0:
-            raise ValueError(f"delta_tau must be > 0, not {self.delta_tau}")
+            raise ConfigError(f"delta_tau must be > 0, not {self.delta_tau}")
         if not self.photo_dir:
-            raise ValueError("photo_dir needs at least one folder")
+            raise ConfigError("photo_dir needs at least one folder")
         if self.resume and self.overwrite:
-            raise ValueError("resume and overwrite contradict each other: pick one")
+            raise ConfigError("resume and overwrite contradict each other: pick one")
 
     @property
     def sketch_mode(self) -> str:
@@ -164,11 +173,11 @@ def _coerce(name: str, value: Any, kind: Any) -> Any:
             return True
         if text in ("0", "false", "no", "off"):
             return False
-        raise ValueError(f"{name}: expected true/false, got {value!r}")
+        raise ConfigError(f"{name}: expected true/false, got {value!r}")
     try:
         return kind(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{name}: expected {kind.__name__}, got {value!r}") from None
+        raise ConfigError(f"{name}: expected {kind.__name__}, got {value!r}") from None
 
 
 def parse_overrides(argv: list[str]) -> dict[str, str]:
@@ -189,7 +198,7 @@ def parse_overrides(argv: list[str]) -> dict[str, str]:
         elif "=" in arg:
             key, value = arg.split("=", 1)
         else:
-            raise ValueError(f"Cannot parse argument {arg!r}: use --key value or key=value")
+            raise ConfigError(f"Cannot parse argument {arg!r}: use --key value or key=value")
         out[key.replace("-", "_")] = value
         i += 1
     return out
@@ -209,12 +218,12 @@ def _preset_values(values: dict[str, Any]) -> dict[str, Any]:
     layout = values.get("layout")
     if layout:
         if layout not in LAYOUTS:
-            raise ValueError(f"Unknown layout {layout!r}; known layouts: {sorted(LAYOUTS)}")
+            raise ConfigError(f"Unknown layout {layout!r}; known layouts: {sorted(LAYOUTS)}")
         out.update(sketch_dir=LAYOUTS[layout].sketch_dir, photo_dir=list(LAYOUTS[layout].photo_dirs))
     preset = values.get("lr_preset")
     if preset:
         if preset not in LR_PRESETS:
-            raise ValueError(f"Unknown lr_preset {preset!r}; known: {sorted(LR_PRESETS)}")
+            raise ConfigError(f"Unknown lr_preset {preset!r}; known: {sorted(LR_PRESETS)}")
         out.update(LR_PRESETS[preset])
     return out
 
@@ -230,9 +239,14 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | list
     types_ = _field_types()
     values: dict[str, Any] = {}
     if path is not None:
-        loaded = yaml.safe_load(Path(path).read_text()) or {}
+        if not Path(path).is_file():
+            raise ConfigError(f"config file {path} not found (the shipped configs are in train/configs/)")
+        try:
+            loaded = yaml.safe_load(Path(path).read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from None
         if not isinstance(loaded, dict):
-            raise ValueError(f"{path}: expected a mapping of config keys")
+            raise ConfigError(f"{path}: expected a mapping of config keys")
         values.update(_preset_values(loaded))
         values.update(loaded)
     if isinstance(overrides, list):
@@ -242,7 +256,12 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | list
     values.update(overrides)
     unknown = sorted(set(values) - set(types_))
     if unknown:
-        raise ValueError(f"Unknown config keys {unknown}; known keys: {sorted(types_)}")
+        hints = [f"{k!r}" + (f" (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(k, types_, 1)) else "")
+                 for k in unknown]
+        raise ConfigError(f"Unknown config keys: {', '.join(hints)}; the keys are the fields of TrainConfig in train/config.py")
     cfg = TrainConfig(**{k: _coerce(k, v, types_[k]) for k, v in values.items()})
     cfg.validate()
     return cfg
+
+
+DEFAULTS = TrainConfig()  # the one place the training defaults live; function defaults elsewhere refer to it

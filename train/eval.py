@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from train.config import TrainConfig, load_config
+from train.config import ConfigError, TrainConfig, load_config
 from train.datasets import ImageListDataset
 from train.metrics import category_metrics, fine_grained_accuracy, markdown_table
 from train.splits import Part, split_from_config
@@ -199,7 +199,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--prompts", default="none", help="prompt checkpoint (.safetensors), or 'none' for frozen CLIP")
     parser.add_argument("--output", default="", help="JSON result file (default: beside the prompts, or eval_baseline.json)")
     args, rest = parser.parse_known_args(argv)
-    cfg = load_config(args.config, rest)
+    try:
+        cfg = load_config(args.config, rest)
+    except ConfigError as exc:
+        raise SystemExit(f"eval.py: {exc}") from None
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision or None)
     logging.basicConfig(level=logging.INFO if accelerator.is_main_process else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

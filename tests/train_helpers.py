@@ -1,5 +1,6 @@
 """Helpers shared by the train tests (tests/test_train_*.py): miniature copies of the public datasets in
-their real folder and file naming, and the command lines and environment of the end-to-end runs.
+their real folder and file naming, and the command lines and environment of the end-to-end runs
+(train/fit.py itself, or tests/train_crash.py: fit.py that exits hard after a given checkpoint).
 
 The miniature trees hold every unseen class of the split (so the built-in splits load) plus a few seen
 classes, with tiny images: a sketch is black strokes on white, a photo a coloured square on a flat
@@ -21,7 +22,7 @@ from PIL import Image, ImageDraw
 from train.layouts import LAYOUTS
 from train.splits import SPLITS
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[1]  # the repository
 CONFIGS = ROOT / "train" / "configs"
 TINY = CONFIGS / "tiny.yaml"
 TINY_FG = CONFIGS / "tiny_fine_grained.yaml"
@@ -106,14 +107,20 @@ def run_env() -> dict[str, str]:
     return env
 
 
-def fit_cmd(config: Path, data: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, str(ROOT / "train" / "fit.py"), "--config", str(config), f"data_root={data}",
-            f"out_dir={out}", "progress=false", *extra]
+CRASH_EXIT = 3  # tests/train_crash.py's exit status
 
 
-def torchrun_cmd(config: Path, data: Path, out: Path, *extra: str, nproc: int = 2) -> list[str]:
+def fit_cmd(config: Path, data: Path, out: Path, *extra: str, crash_after: int = 0) -> list[str]:
+    """train/fit.py's command line; crash_after=N runs it through tests/train_crash.py, which exits hard
+    (status CRASH_EXIT) right after the checkpoint at step N."""
+    script = [str(ROOT / "tests" / "train_crash.py"), "--crash-after-step", str(crash_after)] if crash_after else \
+        [str(ROOT / "train" / "fit.py")]
+    return [sys.executable, *script, "--config", str(config), f"data_root={data}", f"out_dir={out}", "progress=false", *extra]
+
+
+def torchrun_cmd(config: Path, data: Path, out: Path, *extra: str, nproc: int = 2, crash_after: int = 0) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
-            str(free_port()), *fit_cmd(config, data, out, *extra)[1:]]
+            str(free_port()), *fit_cmd(config, data, out, *extra, crash_after=crash_after)[1:]]
 
 
 def read_jsonl(path: Path) -> list[dict]:
