@@ -6,7 +6,7 @@
 
 What it does:
 1. Builds a gallery cache: the starter photos (real images) indexed for real, enlarged with the public
-   `Gallery.create` to `--photos` entries (synthetic embeddings; every entry has a thumbnail file of its own,
+   `create_gallery` to `--photos` entries (synthetic embeddings; every entry has a thumbnail file of its own,
    so new results make the browser load new thumbnails, as with a real gallery).
 2. Starts `python app.py --cache DIR --model M --pretrained none` as a separate process on 127.0.0.1.
 3. Opens the page in Debian's Chromium (headless, same flags as tests/test_browser.py) with an init script
@@ -45,7 +45,10 @@ import tempfile
 import time
 from typing import Any
 
-from bench.common import app_gallery, cpu_model, rss_mb, start_app, stop_app, verdict_cpu, wait_app_ready
+from bench.client import start_app, stop_app, wait_app_ready
+from bench.machine import cpu_model, rss_mb, verdict_cpu
+from bench.settings import bench_config
+from bench.synthetic import app_gallery
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -287,8 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--strokes", type=int, default=12, help="strokes timed (default 12)")
     p.add_argument("--warmup", type=int, default=2, help="strokes drawn first and not counted (default 2)")
     p.add_argument("--pause", type=float, default=0.4, help="seconds between results painted and the next stroke")
-    p.add_argument("--model", default="ViT-B-32-quickgelu")
-    p.add_argument("--pretrained", default="none")
+    p.add_argument("--model", help="open_clip model (default: the app's, zsdemo.config; ZSDEMO_MODEL)")
+    p.add_argument("--pretrained", help="weights (default: none, random init; ZSDEMO_PRETRAINED)")
     p.add_argument("--app-arg", action="append", default=[], help="extra argument for app.py (repeatable)")
     p.add_argument("--url", help="drive an app that is already running (skips building and starting one)")
     p.add_argument("--cache", type=Path, help="gallery cache folder to reuse (built there first if missing)")
@@ -301,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, help="also write the rows and figures here")
     p.add_argument("--keep", action="store_true", help="keep the work folder (cache, app log)")
     args = p.parse_args(argv)
+    cfg = bench_config({"model": args.model, "pretrained": args.pretrained})
+    args.model, args.pretrained = cfg.model, cfg.pretrained
     variants = [v.strip() for v in args.variant.split(",") if v.strip()]
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown or not variants:

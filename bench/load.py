@@ -7,9 +7,9 @@
 
 What it does:
 1. Builds a gallery cache like bench/browser.py (the starter photos indexed for real, enlarged with the
-   public `Gallery.create` to `--photos` entries) and starts `python app.py` on 127.0.0.1 as a separate process.
+   public `create_gallery` to `--photos` entries) and starts `python app.py` on 127.0.0.1 as a separate process.
 2. Each simulated user speaks Gradio's queue protocol as the page does (POST /gradio_api/queue/join, then the
-   server-sent events of /gradio_api/queue/data until `process_completed`; bench.common.QueueClient) with
+   server-sent events of /gradio_api/queue/data until `process_completed`; bench.client.QueueClient) with
    httpx in a thread of its own: the client's CPU use stays small beside the app's. A user draws one
    sketch stroke by stroke: request k carries the user's own first k strokes (the canvas's JSON), and the
    next stroke is sent `--think` seconds (+-50%, random) after the previous results arrived: a user who
@@ -46,18 +46,10 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import (
-    QueueClient,
-    app_gallery,
-    cpu_model,
-    photo_files,
-    rss_mb,
-    start_app,
-    stop_app,
-    stroke_json,
-    verdict_cpu,
-    wait_app_ready,
-)
+from bench.client import QueueClient, start_app, stop_app, wait_app_ready
+from bench.machine import cpu_model, rss_mb, verdict_cpu
+from bench.settings import bench_config
+from bench.synthetic import app_gallery, photo_files, stroke_json
 
 TARGET_P95_OVER_SINGLE = 4.0
 TARGET_RSS_GROWTH_PCT = 5.0
@@ -217,8 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--index-photos", type=int, default=200)
     p.add_argument("--index-users", type=int, default=2)
     p.add_argument("--index-idle-strokes", type=int, default=15, help="strokes per user of the idle reference")
-    p.add_argument("--model", default="ViT-B-32-quickgelu")
-    p.add_argument("--pretrained", default="none")
+    p.add_argument("--model", help="open_clip model (default: the app's, zsdemo.config; ZSDEMO_MODEL)")
+    p.add_argument("--pretrained", help="weights (default: none, random init; ZSDEMO_PRETRAINED)")
     p.add_argument("--app-arg", action="append", default=[], help="extra argument for app.py (repeatable)")
     p.add_argument("--url", help="load an app that is already running (skips building and starting one)")
     p.add_argument("--pid", type=int, help="with --url: the app's process id, for its RSS")
@@ -226,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="smoke run: tiny model, 500 photos, 2 users x 4 strokes, indexing of 8 photos")
     p.add_argument("--keep", action="store_true", help="keep the work folder (cache, app log)")
     args = p.parse_args(argv)
+    cfg = bench_config({"model": args.model, "pretrained": args.pretrained})
+    args.model, args.pretrained = cfg.model, cfg.pretrained
     if args.quick:
         args.model, args.photos, args.users, args.strokes, args.single = "zsdemo-tiny-vit", min(args.photos, 500), 2, 4, 4
         args.warmup, args.think, args.index_photos, args.index_users, args.index_idle_strokes = 1, 0.1, 8, 1, 3

@@ -31,10 +31,10 @@ def load_average() -> tuple[float, float, float]:
 
 
 def machine_info() -> dict[str, Any]:
-    """CPU model, SIMD level / VNNI / native bf16 (zsdemo.query.precision.cpu_features), cores, threads, load."""
+    """CPU model, SIMD level / VNNI / native bf16 (zsdemo.query.cpu.cpu_features), cores, threads, load."""
     import torch
 
-    from zsdemo.query.precision import cpu_features, cpu_label
+    from zsdemo.query.cpu import cpu_features, cpu_label
 
     features = cpu_features()
     return {

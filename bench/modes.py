@@ -1,6 +1,6 @@
 """Two modes, one backbone: resident memory with one vs two prompt sets, and the cost of "why this photo".
 
-    python bench/modes.py                                   # ViT-B-32-quickgelu, random init (no download)
+    python bench/modes.py                                   # the app's model (zsdemo.config), random init (no download)
     python bench/modes.py --model zsdemo-tiny-vit --reps 5  # smoke run
 
 Memory: each configuration is loaded in a fresh process and its VmRSS read from /proc/self/status once the
@@ -31,7 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import machine_info, machine_line
+from bench.machine import machine_info, machine_line
+from bench.settings import bench_config
 
 log = logging.getLogger("bench.modes")
 
@@ -93,7 +94,7 @@ def child(args: argparse.Namespace) -> None:
 
 
 def time_explain(encoder: Any, reps: int) -> dict[str, float]:
-    from bench.common import draw_canvas
+    from bench.synthetic import stroke_json
     from zsdemo.model.preprocess import clean_sketch
     from zsdemo.search.explain import explain_photo
 
@@ -102,7 +103,7 @@ def time_explain(encoder: Any, reps: int) -> dict[str, float]:
 
     photo = Image.fromarray(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8))
     ImageDraw.Draw(photo).ellipse((100, 150, 260, 310), fill="black")
-    sketch = clean_sketch(draw_canvas(0, 448))
+    sketch = clean_sketch(stroke_json(0, 6))  # what the page sends after 6 strokes
     sketch_ms, explain_ms, photo_ms = [], [], []
     for _ in range(reps + 1):  # interleaved, so a noisy neighbour slows all three alike
         t0 = time.perf_counter()
@@ -126,7 +127,7 @@ def time_explain(encoder: Any, reps: int) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="ViT-B-32-quickgelu")
+    p.add_argument("--model", help="open_clip model (default: the app's, zsdemo.config; ZSDEMO_MODEL)")
     p.add_argument("--precision", default="fp32", help="query path of each encoder (fp32: isolates the backbone)")
     p.add_argument("--reps", type=int, default=10, help="timed explanations (0 = skip)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
@@ -139,6 +140,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.config:
         child(args)
         return {}
+    args.model = bench_config({"model": args.model}).model
     logging.basicConfig(level=logging.WARNING)
     results: dict[str, Any] = {"machine": machine_info(), "model": args.model, "precision": args.precision}
     with tempfile.TemporaryDirectory() as tmp:

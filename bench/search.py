@@ -1,7 +1,7 @@
 """Search and indexing benchmark: exact vs Annoy nearest neighbours (recall, latency) and the gallery
 indexing rate against the raw encoder throughput, measured in this run on this machine.
 
-    python bench/search.py                 # 10k and 100k items; 96 photos indexed with ViT-B/32 (random init)
+    python bench/search.py                 # 10k and 100k items; 96 photos indexed with the app's model (random init)
     python bench/search.py --quick --model zsdemo-tiny-vit
 
 Every figure is printed beside the CPU it was measured on. The sketch query path is measured by
@@ -18,7 +18,6 @@ if __package__ in (None, ""):
 
 import argparse
 import logging
-import os
 import tempfile
 import time
 from dataclasses import replace
@@ -27,13 +26,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.common import interleaved, machine_info, machine_line, p50, photo_files, row, synthetic_embeddings
+from bench.machine import machine_info, machine_line
+from bench.settings import bench_config
+from bench.synthetic import photo_files, synthetic_embeddings
+from bench.timing import interleaved, p50, row
+from zsdemo.config import DEFAULT_MODEL
 from zsdemo.model.encoder import EncoderConfig, SketchPhotoEncoder
-from zsdemo.store.gallery import Gallery
+from zsdemo.store.build import build_gallery
 from zsdemo.store.index import AnnoySearcher, IndexConfig, build_annoy, exact_search
 
 
-def run(model: str = "ViT-B-32-quickgelu", pretrained: str = "none", quick: bool = False, repeats: int = 30) -> dict[str, Any]:
+def run(model: str = DEFAULT_MODEL, pretrained: str = "none", quick: bool = False, repeats: int = 30) -> dict[str, Any]:
     """Run both sections, print the figures, return them."""
     annoy_sizes = [2_000] if quick else [10_000, 100_000]
     n_queries = 20 if quick else 200
@@ -96,11 +99,11 @@ def run(model: str = "ViT-B-32-quickgelu", pretrained: str = "none", quick: bool
             return interleaved({"raw": lambda: encoder.encode_tensor(xb, "photo")}, max(2, repeats // 10), warmup=1)["raw"]
 
         before = raw_runs()  # raw throughput measured on both sides of the build (the machine may be shared)
-        _, report = Gallery.build([photos], Path(tmp) / "cache", encoder)
+        _, report = build_gallery([photos], Path(tmp) / "cache", encoder)
         build_rate = report.added / report.seconds
         raw_rate = batch / (p50(np.concatenate([before, raw_runs()])) / 1000)
     results["indexing"] = {"photos_per_s": build_rate, "raw_images_per_s": raw_rate, "ratio": build_rate / raw_rate}
-    print(f"\n-- gallery indexing: Gallery.build on {n_photos} generated 640x480 JPEGs: {build_rate:.1f} photos/s; "
+    print(f"\n-- gallery indexing: build_gallery on {n_photos} generated 640x480 JPEGs: {build_rate:.1f} photos/s; "
           f"raw encode_tensor fp32 on a batch of {batch}: {raw_rate:.1f} images/s; "
           f"indexing runs at {build_rate / raw_rate:.2f} x the raw encoder throughput")
 
@@ -109,13 +112,14 @@ def run(model: str = "ViT-B-32-quickgelu", pretrained: str = "none", quick: bool
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description="exact vs Annoy search, and the gallery indexing rate")
-    parser.add_argument("--model", default=os.environ.get("ZSDEMO_MODEL") or "ViT-B-32-quickgelu")
-    parser.add_argument("--pretrained", default=os.environ.get("ZSDEMO_PRETRAINED") or "none")
+    parser.add_argument("--model", help="open_clip model (default: the app's, zsdemo.config; ZSDEMO_MODEL)")
+    parser.add_argument("--pretrained", help="weights (default: none, random init; ZSDEMO_PRETRAINED)")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--repeats", type=int, default=30)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    return run(args.model, args.pretrained, args.quick, args.repeats)
+    cfg = bench_config({"model": args.model, "pretrained": args.pretrained})
+    return run(cfg.model, cfg.pretrained, args.quick, args.repeats)
 
 
 if __name__ == "__main__":

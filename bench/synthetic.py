@@ -149,7 +149,7 @@ def _linked_thumb(thumbs: Path, base: str, i: int) -> str:
 
 def enlarged_gallery(real: Any, cache_dir: Path, encoder: Any, n: int, own_thumbs: bool = False,
                      index_cfg: Any = None) -> Any:
-    """`real` enlarged to `n` entries with the public Gallery.create: the extra entries reuse the real ones'
+    """`real` enlarged to `n` entries with the public create_gallery: the extra entries reuse the real ones'
     photos with synthetic embedding-like vectors; with `own_thumbs`, each gets a thumbnail file of its own
     (so a browser loads new thumbnails for new results, as for a real gallery, instead of hitting its cache)."""
     from zsdemo.store.build import create_gallery

@@ -18,7 +18,7 @@ def interleaved(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 2
     """Time each function `repeats` times, round-robin (rotating the order), in milliseconds; with `budget_s`,
     stop once that many seconds have passed and at least `min_repeats` rounds are in (busy machines).
     The same timing loop the encoder uses to choose its query path at start."""
-    from zsdemo.query.precision import time_interleaved
+    from zsdemo.query.select import time_interleaved
 
     times = time_interleaved(fns, repeats, warmup=warmup, budget_s=budget_s, min_repeats=min_repeats)
     return {name: np.asarray(t) for name, t in times.items()}

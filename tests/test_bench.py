@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 import torch
 
-from bench import common as bench
 from bench import query as query_bench
 from bench import search as search_bench
+from bench import synthetic as bench
 from conftest import TINY_MODEL
 from zsdemo.model.encoder import EncoderConfig, SketchPhotoEncoder, create_clip
 from zsdemo.model.preprocess import clean_sketch
 from zsdemo.model.prompts import PromptedViT, PromptSpec
-from zsdemo.query.precision import LinearSelfAttention, cls_only_last_block, linearize_attention
+from zsdemo.query.torch_paths import LinearSelfAttention, cls_only_last_block, linearize_attention
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,10 +64,29 @@ def test_search_benchmark_smoke_run(capsys):
     assert results["indexing"]["photos_per_s"] > 0
 
 
-def test_canvas_value_is_a_sketchpad_dict_with_ink():
-    value = bench.sketchpad_value(0, size=200)
-    assert value["background"] is None and value["composite"].shape == (200, 200, 3)
+def test_stroke_json_is_what_the_page_sends_and_draws_ink():
+    import json
+
+    from zsdemo.model.preprocess import is_strokes_value, strokes_to_image
+
+    value = bench.stroke_json(0, 3, size=200)
+    parsed = json.loads(value)
+    assert is_strokes_value(value) and len(parsed["strokes"]) == 3
+    assert (parsed["width"], parsed["height"], parsed["brush"]) == (200, 200, bench.PAGE_BRUSH)
+    assert strokes_to_image(value).size == (200, 200)
     assert clean_sketch(value).width > 10
+    assert (np.asarray(clean_sketch(value).convert("L")) < 128).any()  # ink, not a blank page
+
+
+def test_write_vectors_streams_unit_vectors_to_a_npy_file(tmp_path):
+    path = tmp_path / "v.npy"
+    queries = bench.write_vectors(path, 1000, 32, seed=0, n_queries=5, chunk=300)
+    matrix = np.load(path)
+    assert matrix.shape == (1000, 32) and matrix.dtype == np.float32 and queries.shape == (5, 32)
+    assert np.allclose(np.linalg.norm(matrix, axis=1), 1.0, atol=1e-5)
+    again = tmp_path / "again.npy"
+    bench.write_vectors(again, 1000, 32, seed=0, n_queries=5, chunk=300)
+    assert np.array_equal(np.load(again), matrix)  # deterministic per seed
 
 
 def test_synthetic_embeddings_are_unit_length_and_not_trivially_separable():
@@ -128,3 +147,37 @@ def test_exact_search_torch_path_matches_numpy_sort():
         ids64, scores64 = exact_search(vectors.astype(np.float64), q, 10)  # other dtypes: numpy
         assert list(ids) == list(ids64) == list(np.argsort(-(vectors.astype(np.float64) @ q), kind="stable")[:10])
         assert np.allclose(scores, scores64, atol=1e-5) and scores.dtype == np.float32
+
+
+def test_bench_settings_resolve_like_the_app_flag_over_environment_over_bench_default():
+    from bench.settings import bench_config
+    from zsdemo.config import DEFAULT_MODEL, DEFAULT_QUERY_PRECISION
+
+    cfg = bench_config({"model": None, "pretrained": None}, environ={})
+    assert (cfg.model, cfg.pretrained, cfg.query_precision) == (DEFAULT_MODEL, "none", DEFAULT_QUERY_PRECISION)
+    env = {"ZSDEMO_MODEL": "from-env", "ZSDEMO_PRETRAINED": "openai"}
+    assert (bench_config({}, environ=env).model, bench_config({}, environ=env).pretrained) == ("from-env", "openai")
+    assert bench_config({"model": "from-flag"}, environ=env).model == "from-flag"
+
+
+def test_scale_benchmark_smoke_run_ends_with_a_json_verdict(tmp_path):
+    """`python bench/scale.py` on 3,000 vectors: exact, Annoy and HNSW side by side, verdict JSON last."""
+    import json
+
+    cmd = [sys.executable, str(ROOT / "bench" / "scale.py"), "--sizes", "3000", "--queries", "40", "--section",
+           "vectors", "--query-budget-s", "1", "--work", str(tmp_path / "work")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    last = done.stdout.strip().splitlines()[-1]
+    assert last.startswith("scale_verdict=")
+    verdict = json.loads(last.removeprefix("scale_verdict="))
+    assert set(verdict["targets"]) == {"p50_ms", "recall_at_10", "build_s", "build_rss_ratio"}
+    sizes = verdict["sizes"]["3000"]
+    assert {"exact", "annoy"} <= set(sizes) and isinstance(verdict["pass"], bool)
+    assert sizes["exact"]["recall_at_10"] == pytest.approx(1.0)
+    for name, figures in sizes.items():
+        assert "error" in figures or (figures["p50_ms"] > 0 and 0.0 <= figures["recall_at_10"] <= 1.0), name
+        assert isinstance(figures["pass"], bool)
+    if "error" not in sizes["annoy"]:
+        assert sizes["annoy"]["build_rss_ratio"] > 0 and set(sizes["annoy"]["checks"]) == {"latency", "build_time",
+                                                                                          "build_rss"}
