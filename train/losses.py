@@ -9,13 +9,19 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from train.config import DEFAULTS
+
+# Defaults come from the training config (train/config.py: DEFAULTS); fit.py always passes the config's values.
+# One exception: delta_loss's own tau defaults to 1.0, the formula as printed in the paper, which the
+# hand-computed test in tests/test_losses.py checks; the objective (fine_grained_losses) uses DEFAULTS.delta_tau.
 
 def cosine_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Row-wise 1 - cos(a_i, b_i) for (N, D) tensors (normalised here, so unnormalised input is fine)."""
     return 1.0 - (F.normalize(a, dim=-1) * F.normalize(b, dim=-1)).sum(-1)
 
 
-def triplet_loss(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, margin: float = 0.3) -> torch.Tensor:
+def triplet_loss(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor,
+                 margin: float = DEFAULTS.margin) -> torch.Tensor:
     """mean_i max(0, margin + d(a_i, p_i) - d(a_i, n_i))."""
     return F.relu(margin + cosine_distance(anchor, positive) - cosine_distance(anchor, negative)).mean()
 
@@ -31,7 +37,7 @@ DELTA_FORMS = ("paired", "sorted")
 
 
 def delta_loss(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, n_classes: int,
-               tau: float = 1.0, form: str = "paired") -> torch.Tensor:
+               tau: float = 1.0, form: str = DEFAULTS.delta_form) -> torch.Tensor:
     """L_delta: uniform relative separation across categories.
 
     The batch holds n_classes contiguous blocks of Q triplets. For block c, D_c = softmax over its Q
@@ -65,7 +71,7 @@ def delta_loss(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Ten
 
 def category_losses(sketch: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, labels: torch.Tensor,
                     negative_labels: torch.Tensor, text_features: torch.Tensor, logit_scale: float,
-                    margin: float = 0.3, cls_weight: float = 0.5) -> dict[str, torch.Tensor]:
+                    margin: float = DEFAULTS.margin, cls_weight: float = DEFAULTS.cls_weight) -> dict[str, torch.Tensor]:
     """Category-level objective. Classification covers the sketches and all photos (positives and negatives)."""
     tri = triplet_loss(sketch, positive, negative, margin)
     cls_s = classification_loss(sketch, text_features, labels, logit_scale)
@@ -75,10 +81,11 @@ def category_losses(sketch: torch.Tensor, positive: torch.Tensor, negative: torc
 
 def fine_grained_losses(sketch: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, labels: torch.Tensor,
                         ps_sketch: torch.Tensor, ps_positive: torch.Tensor, ps_negative: torch.Tensor,
-                        text_features: torch.Tensor, logit_scale: float, n_classes: int, margin: float = 0.3,
-                        cls_weight: float = 0.5, delta_weight: float = 0.1, ps_weight: float = 1.0,
-                        ps_margin: float = 0.3, delta_tau: float = 1.0,
-                        delta_form: str = "paired") -> dict[str, torch.Tensor]:
+                        text_features: torch.Tensor, logit_scale: float, n_classes: int,
+                        margin: float = DEFAULTS.margin, cls_weight: float = DEFAULTS.cls_weight,
+                        delta_weight: float = DEFAULTS.delta_weight, ps_weight: float = DEFAULTS.ps_weight,
+                        ps_margin: float = DEFAULTS.ps_margin, delta_tau: float = DEFAULTS.delta_tau,
+                        delta_form: str = DEFAULTS.delta_form) -> dict[str, torch.Tensor]:
     """Fine-grained objective. `negative` is another photo of the anchor's class (hard triplet);
     the patch-shuffle negative is the paired photo under a different permutation."""
     tri = triplet_loss(sketch, positive, negative, margin)
@@ -90,8 +97,8 @@ def fine_grained_losses(sketch: torch.Tensor, positive: torch.Tensor, negative: 
     return {"loss": total, "hard_triplet": tri, "cls_sketch": cls_s, "cls_photo": cls_p, "delta": dl, "patch_shuffle": ps}
 
 
-def term_weights(setting: str, cls_weight: float = 0.5, delta_weight: float = 0.1,
-                 ps_weight: float = 1.0) -> dict[str, float]:
+def term_weights(setting: str, cls_weight: float = DEFAULTS.cls_weight, delta_weight: float = DEFAULTS.delta_weight,
+                 ps_weight: float = DEFAULTS.ps_weight) -> dict[str, float]:
     """Weight of each loss term in the total (the keys of category_losses / fine_grained_losses)."""
     if setting == "category":
         return {"triplet": 1.0, "cls_sketch": cls_weight, "cls_photo": cls_weight}

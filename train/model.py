@@ -11,6 +11,7 @@ import open_clip
 import torch
 from torch import nn
 
+from train.config import DEFAULTS
 from zsdemo.model.encoder import create_clip
 from zsdemo.model.preprocess import PREPROCESS_VERSION
 from zsdemo.model.prompts import PromptedViT, PromptSpec, save_checkpoint
@@ -18,7 +19,8 @@ from zsdemo.model.prompts import PromptedViT, PromptSpec, save_checkpoint
 log = logging.getLogger(__name__)
 
 
-def spec_for(setting: str, n_prompts: int = 3, deep: bool = False, layernorm: bool = True) -> PromptSpec:
+def spec_for(setting: str, n_prompts: int = DEFAULTS.n_prompts, deep: bool = DEFAULTS.deep,
+             layernorm: bool = DEFAULTS.layernorm) -> PromptSpec:
     """Category-level: separate sketch/photo prompts (and LayerNorms); fine-grained: one shared set."""
     return PromptSpec(n_prompts=n_prompts, deep=deep, shared=setting == "fine_grained", layernorm=layernorm)
 
@@ -98,7 +100,7 @@ def count_trainable(module: nn.Module) -> int:
 
 @torch.no_grad()
 def class_text_embeddings(clip: nn.Module, model_name: str, class_names: list[str],
-                          template: str = "a photo of a {}", batch_size: int = 256) -> torch.Tensor:
+                          template: str = DEFAULTS.text_template, batch_size: int = 256) -> torch.Tensor:
     """Frozen text embeddings of the seen classes, L2-normalised, (C, D). Computed once per run."""
     tokenizer = open_clip.get_tokenizer(model_name)
     texts = [template.format(name.replace("_", " ")) for name in class_names]

@@ -35,13 +35,13 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
+from train.config import TEXT_TEMPLATE
 from train.synthetic import SHAPES, _instance, render_photo
 from train.transforms import augment, eval_transform
 from zsdemo.model.encoder import create_clip
 
 log = logging.getLogger("train.pretrain_tiny")
 MODEL = "zsdemo-tiny-vit"
-TEMPLATE = "a photo of a {}"
 
 
 def photo_pool(shapes: Sequence[str], per_class: int, seed: int, transform: Any,
@@ -121,7 +121,7 @@ def pretrain(out: str | Path | None, steps: int = 3000, seed: int = 1, photos_pe
     else:
         images, labels = photo_pool(shapes, photos_per_class, seed, transform)
         images_b = None
-    tokens = open_clip.get_tokenizer(MODEL)([TEMPLATE.format(s) for s in shapes])
+    tokens = open_clip.get_tokenizer(MODEL)([TEXT_TEMPLATE.format(s) for s in shapes])
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     warmup = max(1, steps // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(
