@@ -16,7 +16,8 @@ from PIL import Image, ImageDraw
 import app
 from tests.conftest import TINY_MODEL, canvas_value, running_app
 from zsdemo.config import ServeConfig
-from zsdemo.serve.service import CATEGORY, FINE_GRAINED, PLAIN, SearchService
+from zsdemo.serve.modes import CATEGORY, FINE_GRAINED, PLAIN
+from zsdemo.serve.service import SearchService
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN_STEPS = 4  # a few optimiser steps: enough for a real checkpoint of each kind, ~20-40 s per run on 2 cores

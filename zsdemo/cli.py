@@ -58,10 +58,10 @@ def _progress_bar(desc: str):
 def cmd_index(args: argparse.Namespace) -> int:
     """Index photo folders; under torchrun / accelerate launch the encoding is spread over the processes
     (zsdemo.store.distributed): only the main process takes the cache lock, plans, merges and prints."""
-    from zsdemo.serve.service import gallery_sources
     from zsdemo.store.build import build_gallery
     from zsdemo.store.distributed import DistributedRunner, Processes, follow
     from zsdemo.store.layout import recorded_sources
+    from zsdemo.store.sources import gallery_sources
 
     procs = Processes()
     try:

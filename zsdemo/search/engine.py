@@ -44,12 +44,16 @@ class SearchEngine:
             self._text_cache[text] = self.encoder.encode_text([text])[0]
         return self._text_cache[text]
 
+    def sketch_vector(self, sketch: Any, display_name: str | None = None) -> tuple[Image.Image, np.ndarray]:
+        """A sketch in any accepted form -> (the cleaned image the model sees, its embedding)."""
+        preview = clean_sketch(sketch, display_name=display_name)
+        return preview, self.encoder.encode_clean_sketches([preview])[0]
+
     def search_sketch(self, sketch: Any, k: int = 12, text: str | None = None, text_weight: float = 0.0,
                       display_name: str | None = None) -> SearchResult:
         """Raises EmptySketchError / ImageError (user-readable; files named `display_name`) for unusable input."""
         started = time.perf_counter()
-        preview = clean_sketch(sketch, display_name=display_name)
-        vector = self.encoder.encode_clean_sketches([preview])[0]
+        preview, vector = self.sketch_vector(sketch, display_name)
         if text and text.strip() and text_weight > 0:
             vector = blend(vector, self.text_vector(text), text_weight)
         gallery = self.gallery

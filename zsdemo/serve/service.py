@@ -1,37 +1,40 @@
 """The search service under the page, without any Gradio: start, status, search, explain, add photos.
 
-`app.py` renders what this returns; the CLI shares `gallery_sources`. Startup (loading the model,
+`app.py` renders the typed outcomes this returns (zsdemo.serve.outcomes). Startup (loading the model,
 opening or building the gallery cache) runs on a background thread so a page can be up at once and
 show progress; every failure ends up in `status` with a readable message, never as an exception.
+Searches work as soon as the gallery is ready, in fp32; the faster sketch query path (zsdemo.query.select)
+is prepared after that, in the background, and used from the moment it is ready.
 
 Modes: one app answers "photos of this kind of thing" (category-level prompts, `--prompts`) and "this exact
 one" (fine-grained prompts, one shared prompt for sketch and photo, `--fine-grained-prompts`). Both prompt
 sets wrap the one frozen backbone in memory (`SketchPhotoEncoder.with_prompts`); each mode has its own gallery
 embeddings (the first mode in `cache_dir`, the others in `cache_dir/mode-<name>`), built in that order in
-the background. With no prompt file the one mode is "plain" CLIP.
+the background. With no prompt file the one mode is "plain" CLIP (zsdemo.serve.modes).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
-from zsdemo.config import ServeConfig, is_random_weights, resolve_hub_file, resolve_hub_folder
+from zsdemo.config import ServeConfig, is_random_weights, resolve_hub_file
 from zsdemo.errors import CacheError, EmptySketchError, ZsdemoError
 from zsdemo.limits import neutralise, read_k, read_mode, read_text, read_text_weight
-from zsdemo.model.preprocess import PHOTO_EXTENSIONS, clean_sketch, load_photo
-from zsdemo.store.build import BuildReport, build_gallery
+from zsdemo.model.preprocess import PHOTO_EXTENSIONS, load_photo
+from zsdemo.serve.indexing import index_gently
+from zsdemo.serve.modes import CATEGORY, FINE_GRAINED, PLAIN, Mode, Status, check_prompt_kind, served_modes
+from zsdemo.serve.outcomes import AddOutcome, ExplainOutcome, SearchOutcome
+from zsdemo.store.build import build_gallery
 from zsdemo.store.gallery import Gallery
-from zsdemo.store.layout import Hit, is_new_cache, recorded_sources
+from zsdemo.store.layout import Hit, is_new_cache
+from zsdemo.store.sources import gallery_sources
 from zsdemo.store.uploads import add_photos
 
 log = logging.getLogger(__name__)
@@ -39,110 +42,6 @@ log = logging.getLogger(__name__)
 # The largest image the app sends of a gallery photo (a clicked result, /explain): thumbnail-scale, so the page
 # and the API never hand out the originals.
 LARGE_PHOTO_SIDE = 512
-
-CATEGORY, FINE_GRAINED, PLAIN = "category", "fine_grained", "plain"
-MODE_LABELS = {CATEGORY: "Find this kind of thing", FINE_GRAINED: "Find this exact one",
-               PLAIN: "Find similar photos (plain CLIP)"}
-MODE_FLAGS = {CATEGORY: ("--prompts", "ZSDEMO_PROMPTS"),
-              FINE_GRAINED: ("--fine-grained-prompts", "ZSDEMO_FINE_GRAINED_PROMPTS")}
-
-
-def served_modes(config: ServeConfig) -> list[str]:
-    """The modes a config serves, first = the default: category and/or fine-grained, else plain CLIP."""
-    modes = [name for name, given in ((CATEGORY, config.prompts), (FINE_GRAINED, config.fine_grained_prompts)) if given]
-    return modes or [PLAIN]
-
-
-def check_prompt_kind(path: str, mode: str) -> None:
-    """Refuse a checkpoint given for the wrong mode, naming the flag it belongs to. Fine-grained checkpoints have
-    one shared prompt (spec.shared); category-level ones a sketch and a photo prompt."""
-    from zsdemo.model.prompts import read_checkpoint
-
-    shared = read_checkpoint(path).spec.shared
-    if mode == CATEGORY and shared:
-        raise ZsdemoError(f"{Path(path).name} is a fine-grained checkpoint (one shared prompt for sketch and photo): "
-                          "pass it with --fine-grained-prompts (or ZSDEMO_FINE_GRAINED_PROMPTS), not --prompts.")
-    if mode == FINE_GRAINED and not shared:
-        raise ZsdemoError(f"{Path(path).name} is a category-level checkpoint (separate sketch and photo prompts): "
-                          "pass it with --prompts (or ZSDEMO_PROMPTS), not --fine-grained-prompts.")
-
-
-def gallery_sources(cache_dir: Path, galleries: Sequence[str]) -> list[Path] | None:
-    """The folders to index into `cache_dir`: the ones given; else None, meaning the folders recorded in
-    the cache; else, for a brand-new cache only, the starter photos. Never silently swaps a user's gallery
-    for the starter one."""
-    if galleries:
-        sources = [resolve_hub_folder(spec) for spec in galleries]
-        missing = [str(s) for s in sources if not s.is_dir()]
-        if missing:
-            raise ZsdemoError(f"Gallery folder not found: {', '.join(missing)}.")
-        return sources
-    if recorded_sources(cache_dir):
-        return None
-    if is_new_cache(cache_dir):
-        from zsdemo.store.starter import starter_photos_dir
-
-        return [starter_photos_dir(Path(cache_dir).parent)]
-    raise CacheError(f"The cache {cache_dir} does not record which photo folders it was built from; name them: "
-                     f"`python -m zsdemo index PHOTO_DIR... --cache {cache_dir}`.")
-
-
-@dataclass
-class Status:
-    phase: str = "starting"  # starting | loading | indexing | waiting | ready | error
-    message: str = "Starting…"
-    done: int = 0
-    total: int = 0
-
-    @property
-    def settled(self) -> bool:
-        return self.phase in ("ready", "error")
-
-
-@dataclass
-class SearchOutcome:
-    """What a search gives the page: hits, or a message saying why there are none."""
-
-    kind: str  # ok | empty | error | not_ready
-    message: str
-    hits: list[Hit] = field(default_factory=list)
-    preview: Image.Image | None = None  # the cleaned sketch, as the model sees it
-    seconds: float | None = None  # the engine's own time
-
-
-@dataclass
-class AddOutcome:
-    ok: bool
-    message: str
-    added: int = 0
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-
-
-@dataclass
-class ExplainOutcome:
-    """Why a photo matched: the similarity map over the photo, or a message saying why there is none."""
-
-    kind: str  # ok | empty | error | not_ready
-    message: str
-    image: Image.Image | None = None
-    seconds: float | None = None
-
-
-@dataclass
-class Mode:
-    """One way of searching: its prompts, encoder (sharing the backbone), gallery cache and search engine."""
-
-    name: str
-    prompts: str | None  # the checkpoint as given (a path or hf:// spec); None = plain CLIP
-    cache_dir: Path
-    encoder: Any | None = None
-    engine: Any | None = None
-    status: Status = field(default_factory=Status)
-    names: tuple[Any, dict[str, int]] | None = None  # (gallery, photo name -> row), for /explain by name
-
-    @property
-    def label(self) -> str:
-        return MODE_LABELS[self.name]
 
 
 class SearchService:
@@ -162,7 +61,7 @@ class SearchService:
                        for i, name in enumerate(names)}
         self._first = self._modes[names[0]]
         self._first.encoder = encoder
-        self.on_gallery: Callable[[Gallery], None] | None = None  # told of every gallery served (static paths)
+        self.query_paths_ready = threading.Event()  # set once every mode's sketch query path is prepared
         self._write_lock = threading.Lock()  # one writer (startup build or photo upload) per process
         self._ready = threading.Event()
         self._all_ready = threading.Event()
@@ -227,7 +126,9 @@ class SearchService:
                     if mode.prompts:
                         check_prompt_kind(resolve_hub_file(mode.prompts), mode.name)
                 if self.encoder is None:
-                    self._set("loading", "Loading the model (the first start may download weights)…")
+                    downloads = "" if is_random_weights(self.config.pretrained) else \
+                        " (the first start may download weights)"
+                    self._set("loading", f"Loading the model{downloads}…")
                     self.encoder = self._load_encoder()
                 gallery = self._open_or_build()
                 self._serve(gallery)
@@ -245,6 +146,23 @@ class SearchService:
                 continue
             self._prepare_mode(mode)
         self._all_ready.set()
+        self._prepare_query_paths()
+
+    def _prepare_query_paths(self) -> None:
+        """Switch each mode's encoder from fp32 to the query path chosen for this machine (remembered after the first
+        start; zsdemo.query.select). Searches keep working meanwhile; a failure keeps fp32 and is logged."""
+        from zsdemo.query.select import prepare_query_path
+
+        try:
+            for mode in self._modes.values():
+                if mode.encoder is not None and hasattr(mode.encoder, "use_query_path"):
+                    try:
+                        selection = prepare_query_path(mode.encoder)
+                        log.info("Mode %s answers sketches on %s", mode.name, selection.report["summary"])
+                    except Exception:
+                        log.exception("Preparing the sketch query path of mode %s failed; it stays on fp32", mode.name)
+        finally:
+            self.query_paths_ready.set()
 
     def _prepare_mode(self, mode: Mode) -> None:
         """A further mode: its prompts on the first mode's backbone, its gallery from the same photo folders."""
@@ -300,18 +218,10 @@ class SearchService:
         log.info("Gallery ready: %s", report.summary())
         return gallery
 
-    def attach(self, gallery: Gallery) -> None:
-        """Serve an already built gallery (tests, benchmarks): no background work (one-mode services)."""
-        self._serve(gallery)
-        self._ready.set()
-        self._all_ready.set()
-
     def _serve(self, gallery: Gallery, mode: Mode | None = None) -> None:
         from zsdemo.search.engine import SearchEngine
 
         mode = mode or self._first
-        if self.on_gallery is not None:
-            self.on_gallery(gallery)
         if mode.engine is None:
             mode.engine = SearchEngine(mode.encoder, gallery)
         else:
@@ -321,6 +231,10 @@ class SearchService:
                                "with --gallery PHOTO_DIR.", mode=mode)
         else:
             self._set("ready", f"Ready: {len(gallery)} photos.", len(gallery), len(gallery), mode=mode)
+
+    def thumbnail_folders(self) -> list[Path]:
+        """The folders whose files the page may show (every mode's thumbnails), known before any gallery is open."""
+        return [mode.cache_dir.resolve() / "thumbs" for mode in self._modes.values()]
 
     # ---- what is loaded ----------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
@@ -382,7 +296,7 @@ class SearchService:
             log.info("search refused: %s", exc)
             return SearchOutcome("error", str(exc))
         if served.engine is None or served.status.phase == "error":
-            return SearchOutcome("not_ready", self.not_ready_message(served))
+            return SearchOutcome("not_ready", self.not_ready_message(served), retry=served.status.phase != "error")
         try:
             result = served.engine.search_sketch(sketch, k=k, text=text, text_weight=float(text_weight or 0.0),
                                                  display_name="the sketch")
@@ -392,8 +306,10 @@ class SearchService:
             return SearchOutcome("error", str(exc))
         gallery_size = len(served.engine.gallery)
         refined = f" · text “{text}” at weight {float(text_weight or 0):.2f}" if text and text_weight else ""
-        message = f"{len(result.hits)} best of {gallery_size} photos in {result.seconds * 1000:.0f} ms{refined}."
-        return SearchOutcome("ok", message, result.hits, result.preview, result.seconds)
+        label = served.label if len(self._modes) > 1 else None
+        shown = f" ({label})" if label else ""
+        message = f"{len(result.hits)} best of {gallery_size} photos in {result.seconds * 1000:.0f} ms{refined}{shown}."
+        return SearchOutcome("ok", message, result.hits, result.preview, result.seconds, mode_label=label)
 
     # ---- why this photo ----------------------------------------------------------------------
     def find_photo(self, name: str, mode: str | None = None) -> Hit | None:
@@ -408,8 +324,7 @@ class SearchService:
         row = served.names[1].get(name)
         if row is None:
             return None
-        entry = gallery.entries[row]
-        return Hit(name=entry.name, photo=Path(entry.path), thumbnail=gallery.thumbs_dir / entry.thumb, score=0.0)
+        return gallery.hit(row, 0.0)
 
     def _sketch_vector(self, mode: Mode, sketch: Any) -> Any:
         """The sketch's embedding in `mode`; remembered for the last few sketches given as text (strokes JSON or an
@@ -418,7 +333,7 @@ class SearchService:
         with self._vectors_lock:
             if key is not None and key in self._vectors:
                 return self._vectors[key]
-        vector = mode.encoder.encode_clean_sketches([clean_sketch(sketch, display_name="the sketch")])[0]
+        _, vector = mode.engine.sketch_vector(sketch, display_name="the sketch")
         if key is not None:
             with self._vectors_lock:
                 if len(self._vectors) >= 16:
@@ -461,36 +376,11 @@ class SearchService:
 
     # ---- add photos --------------------------------------------------------------------------
     def _index_gently(self, work: Callable[[], Any]) -> Any:
-        """Run an indexing job while the page keeps serving searches: on its own thread at a lower CPU
-        priority (nice +10), with torch's intra-op threads capped to `config.index_threads`. The cap is
-        process-wide: a torch query path shares it meanwhile; ONNX Runtime query paths have their own pool."""
-        import torch
-
-        result: dict[str, Any] = {}
-
-        def run() -> None:
-            with contextlib.suppress(OSError, AttributeError):  # not every platform has per-thread priority
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-            try:
-                result["value"] = work()
-            except BaseException as exc:  # handed to the caller's thread below
-                result["error"] = exc
-
-        threads = torch.get_num_threads()
-        torch.set_num_threads(max(1, self.config.index_threads))
-        try:
-            worker = threading.Thread(target=run, name="zsdemo-index", daemon=True)
-            worker.start()
-            worker.join()
-        finally:
-            torch.set_num_threads(threads)
-        if "error" in result:
-            raise result["error"]
-        return result["value"]
+        return index_gently(work, self.config.index_threads)
 
     def add_photos(self, files: Sequence[str | Path] | None,
                    progress: Callable[[int, int, str], None] | None = None) -> AddOutcome:
-        """Copy uploaded photos into the cache's uploads folder and index them."""
+        """Copy uploaded photos into the cache's uploads folder and index them (every mode's gallery)."""
         paths = [Path(str(f)) for f in files or []]
         if not paths:
             return AddOutcome(False, "Choose one or more photos first.")
@@ -504,31 +394,34 @@ class SearchService:
         skipped += [(p.name, "a file this app serves (a thumbnail or gallery photo), not an upload")
                     for p in paths if self.is_served_file(p)]
         paths = [p for p in paths if p.suffix.lower() in PHOTO_EXTENSIONS and not self.is_served_file(p)]
-        added = 0
-        if paths:
-            with self._write_lock:
-                started = time.perf_counter()
+        if not paths:
+            return AddOutcome(True, f"Added 0 photos; the gallery now has {len(self.engine.gallery)}.", 0, skipped)
+        try:
+            report = self._index_uploads(paths, progress)
+        except ZsdemoError as exc:
+            return AddOutcome(False, str(exc), skipped=skipped)
+        skipped += [(neutralise(Path(name).name), why) for name, why in report.skipped]
+        renamed = "".join(f" {neutralise(given)!r} was stored as {stored!r}." for given, stored in report.renamed[:10])
+        return AddOutcome(True, f"Added {report.added} photo{'s' if report.added != 1 else ''}; the gallery now has "
+                                f"{len(self.engine.gallery)}.{renamed}", report.added, skipped)
+
+    def _index_uploads(self, paths: list[Path], progress: Callable[[int, int, str], None] | None) -> Any:
+        """Add `paths` to the first mode's gallery, then re-index the other modes from the same folders."""
+        with self._write_lock:
+            started = time.perf_counter()
+            gallery, report = self._index_gently(
+                lambda: add_photos(self.engine.gallery, paths, self.encoder, progress=progress))
+            self._serve(gallery)
+            log.info("Added photos in %.1f s: %s", time.perf_counter() - started, report.summary())
+            for mode in list(self._modes.values())[1:]:
+                if mode.engine is None:
+                    continue  # still being prepared: its build reads the first gallery's folders
                 try:
-                    gallery, report = self._index_gently(
-                        lambda: add_photos(self.engine.gallery, paths, self.encoder, progress=progress))
+                    self._serve(self._index_gently(lambda mode=mode: self._build_mode_gallery(mode)), mode)
                 except ZsdemoError as exc:
-                    return AddOutcome(False, str(exc), skipped=skipped)
-                self._serve(gallery)
-                log.info("Added photos in %.1f s: %s", time.perf_counter() - started, report.summary())
-                for mode in list(self._modes.values())[1:]:  # the other modes index the same uploads
-                    if mode.engine is None:
-                        continue  # still being prepared: its build reads the first gallery's folders
-                    try:
-                        self._serve(self._index_gently(lambda mode=mode: self._build_mode_gallery(mode)), mode)
-                    except ZsdemoError as exc:
-                        log.error("Mode %s did not take the new photos: %s", mode.name, exc)
-                        self._set("error", str(exc), mode=mode)
-            added = report.added
-            skipped += [(neutralise(Path(name).name), why) for name, why in report.skipped]
-        renamed = "".join(f" {neutralise(given)!r} was stored as {stored!r}." for given, stored in
-                          (report.renamed if paths else [])[:10])
-        return AddOutcome(True, f"Added {added} photo{'s' if added != 1 else ''}; the gallery now has "
-                                f"{len(self.engine.gallery)}.{renamed}", added, skipped)
+                    log.error("Mode %s did not take the new photos: %s", mode.name, exc)
+                    self._set("error", str(exc), mode=mode)
+        return report
 
     def is_served_file(self, path: str | Path) -> bool:
         """True for a file inside this app's cache (thumbnails, uploads) or gallery folders: what the app serves
@@ -541,7 +434,3 @@ class SearchService:
         if self.engine is not None:
             roots += [Path(s).resolve() for s in self.engine.gallery.sources]
         return any(resolved.is_relative_to(root) for root in roots)
-
-
-__all__ = ["CATEGORY", "FINE_GRAINED", "MODE_LABELS", "PLAIN", "AddOutcome", "BuildReport", "ExplainOutcome", "Mode",
-           "SearchOutcome", "SearchService", "Status", "check_prompt_kind", "gallery_sources", "served_modes"]
