@@ -24,113 +24,59 @@ import argparse
 import html
 import logging
 import os
+import re
 import sys
 import traceback
 from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 from PIL import Image
 
-from zsdemo.config import ServeConfig, resolve_hub_file, resolve_serve_config
+from zsdemo.config import ServeConfig, is_random_weights, resolve_hub_file, resolve_serve_config
 from zsdemo.errors import ZsdemoError
-from zsdemo.limits import Gate, RateLimiter, Redactor, UploadPolicy, UploadQuota, neutralise
-from zsdemo.model.preprocess import PHOTO_EXTENSIONS, is_strokes_value
-from zsdemo.serve.service import (
-    CATEGORY,
-    FINE_GRAINED,
-    MODE_FLAGS,
-    SearchOutcome,
-    SearchService,
-    check_prompt_kind,
-    served_modes,
+from zsdemo.limits import (
+    DEFAULT_STROKE_LIMITS,
+    Gate,
+    RateLimiter,
+    Redactor,
+    UploadPolicy,
+    UploadQuota,
+    neutralise,
 )
+from zsdemo.model.preprocess import PHOTO_EXTENSIONS, is_strokes_value
+from zsdemo.serve.modes import CATEGORY, FINE_GRAINED, MODE_FLAGS, check_prompt_kind, served_modes
+from zsdemo.serve.outcomes import SearchOutcome
+from zsdemo.serve.service import SearchService
 from zsdemo.serve.weblog import quiet_dropped_connections
 
 log = logging.getLogger("zsdemo.app")
 
-CANVAS_SIZE = 448
-SHOWN_PHOTO_SIDE = 384  # a clicked photo smaller than this is enlarged on the page, so its map can be read
+CANVAS_SIZE = 448  # canvas pixels a side (what the strokes' coordinates are in)
 BRUSH_SIZE = 4
+SHOWN_PHOTO_SIDE = 384  # a clicked photo smaller than this is enlarged on the page, so its map can be read
 EMPTY_HINT = "✏️ Draw something (or upload a sketch): results appear after each stroke."
 
 # ---------------------------------------------------------------------------------------------
-# The canvas: strokes in, JSON value out. `props.value = ...` makes Gradio fire .change once.
+# The page's own files: the canvas (HTML template, CSS, JavaScript) and the page's CSS, in zsdemo/serve/page/
 # ---------------------------------------------------------------------------------------------
-CANVAS_HTML = f"""
-<div class="zs-pad">
-  <canvas width="{CANVAS_SIZE}" height="{CANVAS_SIZE}" aria-label="sketch canvas: draw here"></canvas>
-  <div class="zs-pad-tools">
-    <button type="button" data-act="undo">↶ Undo</button>
-    <button type="button" data-act="clear">✕ Clear</button>
-    <span class="zs-pad-hint">Draw with mouse, pen or finger.</span>
-  </div>
-</div>
-"""
-CANVAS_CSS = """
-.zs-pad canvas {width: 100%; max-width: 448px; aspect-ratio: 1 / 1; background: #fff; border: 1px solid #bbb;
-  border-radius: 6px; touch-action: none; cursor: crosshair; display: block;}
-.zs-pad-tools {display: flex; gap: .5em; align-items: center; margin-top: .4em;}
-.zs-pad-tools button {padding: .2em .8em; border: 1px solid #bbb; border-radius: 6px; background: #f6f6f6;}
-.zs-pad-hint {color: #777; font-size: .9em;}
-"""
-CANVAS_JS = f"""
-const canvas = element.querySelector('canvas');
-const ctx = canvas.getContext('2d');
-const BRUSH = {BRUSH_SIZE};
-let strokes = [];
-let current = null;
-function point(e) {{
-  const r = canvas.getBoundingClientRect();
-  return [Math.round((e.clientX - r.left) * canvas.width / r.width),
-          Math.round((e.clientY - r.top) * canvas.height / r.height)];
-}}
-function paint() {{
-  ctx.fillStyle = '#fff'; ctx.fillRect(0, 0, canvas.width, canvas.height);
-  ctx.strokeStyle = '#000'; ctx.fillStyle = '#000'; ctx.lineWidth = BRUSH; ctx.lineCap = 'round'; ctx.lineJoin = 'round';
-  for (const s of strokes) {{
-    ctx.beginPath(); ctx.moveTo(s[0], s[1]);
-    for (let i = 2; i < s.length; i += 2) ctx.lineTo(s[i], s[i + 1]);
-    if (s.length === 2) ctx.arc(s[0], s[1], BRUSH / 2, 0, 2 * Math.PI);
-    ctx.stroke();
-  }}
-}}
-function send() {{
-  props.value = JSON.stringify({{width: canvas.width, height: canvas.height, brush: BRUSH, strokes: strokes}});
-}}
-paint();
-canvas.addEventListener('pointerdown', (e) => {{
-  e.preventDefault(); canvas.setPointerCapture(e.pointerId);
-  current = point(e); strokes.push(current); paint();
-}});
-canvas.addEventListener('pointermove', (e) => {{
-  if (!current) return;
-  const events = e.getCoalescedEvents ? e.getCoalescedEvents() : [e];
-  for (const ev of events) {{ const p = point(ev); current.push(p[0], p[1]); }}
-  const n = current.length;
-  ctx.beginPath(); ctx.moveTo(current[Math.max(0, n - 2 * events.length - 2)], current[Math.max(1, n - 2 * events.length - 1)]);
-  for (let i = Math.max(0, n - 2 * events.length); i < n; i += 2) ctx.lineTo(current[i], current[i + 1]);
-  ctx.stroke();
-}});
-function finish() {{ if (!current) return; current = null; paint(); send(); }}
-canvas.addEventListener('pointerup', finish);
-canvas.addEventListener('pointercancel', finish);
-element.querySelector('[data-act=undo]').addEventListener('click', () => {{ strokes.pop(); paint(); send(); }});
-element.querySelector('[data-act=clear]').addEventListener('click', () => {{ strokes = []; paint(); send(); }});
-canvas.dataset.ready = 'true';  // strokes are heard from here on (tests and benchmarks wait for it)
-"""
+PAGE_FILES = resources.files("zsdemo.serve") / "page"
 
-PAGE_CSS = """
-.zs-banner {padding: .6em 1em; border-radius: 8px; background: #fff7e0; border: 1px solid #f0c36d;}
-.zs-banner + .zs-banner {margin-top: .4em;}
-.zs-banner progress {vertical-align: middle; width: 14em;}
-.zs-error {background: #ffecec; border-color: #e88;}
-"""
+
+def page_file(name: str) -> str:
+    return (PAGE_FILES / name).read_text(encoding="utf-8")
+
+
+def canvas_settings() -> dict[str, int]:
+    """What the canvas's template and script read from `props`: its size, brush, and the server's point limit."""
+    return {"side": CANVAS_SIZE, "brush": BRUSH_SIZE, "max_points": DEFAULT_STROKE_LIMITS.max_points}
 
 
 # ---------------------------------------------------------------------------------------------
-# Configuration: flags over environment over defaults (zsdemo.config)
+# Configuration: flag > environment > the cache's manifest > default (zsdemo.config, as the CLI)
 # ---------------------------------------------------------------------------------------------
 def parse_args(argv: Sequence[str] | None = None) -> ServeConfig:
     p = argparse.ArgumentParser(description="Sketch-to-photo search demo (Gradio). Every flag has an environment "
@@ -159,7 +105,20 @@ def parse_args(argv: Sequence[str] | None = None) -> ServeConfig:
     args = p.parse_args(argv)
     if args.allow_uploads:  # the flag wins over the environment, as every flag does
         os.environ["ZSDEMO_ALLOW_UPLOADS"] = "1"
-    return resolve_serve_config(vars(args))
+    flags = vars(args)  # an existing cache is served as it was built: its model, weights and prompts, unless told otherwise
+    return resolve_serve_config(flags, manifest=cache_manifest(resolve_serve_config(flags).cache_dir))
+
+
+def cache_manifest(cache_dir: Path) -> dict[str, Any] | None:
+    """The manifest of a cache's live generation (what it was built with), as the CLI reads it; None for a cache not
+    built yet, or one that cannot be read (the service then says why, on the page)."""
+    from zsdemo.errors import CacheError
+    from zsdemo.store.gallery import read_generation
+
+    try:
+        return read_generation(cache_dir)[0]
+    except CacheError:
+        return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -235,26 +194,55 @@ def banner_html(service: SearchService) -> str:
     s = service.status
     redact = redactor_for(service.config)
     if s.phase == "error":
-        return f"<div class='zs-banner zs-error'>⚠️ {html.escape(redact(s.message)).replace(chr(10), '<br>')}</div>"
+        return f"<div class='zs-banner zs-error'>⚠️ {message_html(redact(s.message))}</div>"
     if s.phase != "ready":
-        return _progress_banner(s.message, s.done, s.total)
+        return _progress_banner(loading_text(service) if s.phase == "loading" else s.message, s.done, s.total)
     parts = []
     for name in service.modes[1:]:
         mode = service.mode(name)
         m = mode.status
         if m.phase == "error":
             parts.append(f"<div class='zs-banner zs-error'>⚠️ “{html.escape(mode.label)}” is not available: "
-                         f"{html.escape(redact(m.message))}</div>")
+                         f"{message_html(redact(m.message))}</div>")
         elif m.phase != "ready":
             parts.append(_progress_banner(f"Preparing “{mode.label}” (the other mode works now): {m.message}",
                                           m.done, m.total))
     return "".join(parts)
 
 
+def loading_text(service: SearchService) -> str:
+    """The first mode's "loading" phase in the page's words: a download is mentioned only when one can happen."""
+    pretrained = service.config.pretrained
+    if is_random_weights(pretrained) or Path(pretrained).expanduser().is_file():
+        return "Loading the model…"
+    return "Loading the model (the first start may download its weights)…"
+
+
+# A server-side location in a message (an absolute or ~ path), except the placeholders advice uses (/path/to/...)
+_SERVER_PATH = re.compile(r"(?<![\w.:/])(?:~|/(?!path/))[\w.@+-]*(?:/[\w.@+-]+)+/?")
+
+
+def message_html(text: str) -> str:
+    """A service message for the page: escaped, `code` spans as code, line breaks kept, and any server path that the
+    Redactor did not name replaced by "a folder on the server" (a page may be public)."""
+    text = html.escape(_SERVER_PATH.sub("a folder on the server", text))
+    text = re.sub(r"`([^`\n]+)`", r"<code>\1</code>", text).replace("`", "")
+    return text.replace("\n", "<br>")
+
+
 def _progress_banner(message: str, done: int, total: int) -> str:
     pct = f" {100 * done // total}%" if total else ""
     bar = f"<progress value='{done}' max='{total}'></progress>{pct}" if total else "<progress></progress>"
     return f"<div class='zs-banner'>⏳ {html.escape(message)} {bar}</div>"
+
+
+def warning_html(service: SearchService) -> str:
+    """The warning at the top of the page: random weights make every ranking meaningless."""
+    d = service.describe()
+    if not (d.get("random_weights") if "random_weights" in d else is_random_weights(service.config.pretrained)):
+        return ""
+    return ("<div class='zs-warn' role='alert'>⚠️ Random weights (<code>--pretrained none</code>): the model has "
+            "learned nothing, so the results are meaningless. This mode is for tests and speed measurements.</div>")
 
 
 def info_markdown(service: SearchService) -> str:
@@ -280,10 +268,24 @@ def info_markdown(service: SearchService) -> str:
 
 def _prompts_text(d: dict[str, Any]) -> str:
     if d.get("prompts"):
-        return f"`{Path(str(d['prompts'])).name}` (sha256 {str(d.get('prompts_sha256'))[:12]}, {d.get('spec')})"
+        return (f"`{Path(str(d['prompts'])).name}` ({spec_words(d.get('spec'))}; "
+                f"sha256 {str(d.get('prompts_sha256'))[:12]})")
     if d.get("phase") not in (None, "ready") and "spec" not in d:
         return "being loaded"
     return "none (plain CLIP, no learned prompts)"
+
+
+def spec_words(spec: Any) -> str:
+    """A prompt checkpoint's shape (PromptSpec's fields) in words, for the info line."""
+    if not isinstance(spec, dict):
+        return "learned prompts"
+    n = spec.get("n_prompts")
+    parts = [f"{n} learned prompt token{'' if n == 1 else 's'}" if isinstance(n, int) else "learned prompt tokens",
+             "in every layer" if spec.get("deep") else "at the input layer",
+             "one prompt shared by sketch and photo" if spec.get("shared") else "separate sketch and photo prompts"]
+    if spec.get("layernorm"):
+        parts.append("tuned LayerNorms")
+    return ", ".join(parts)
 
 
 GalleryItems = list[tuple[str, str]]
@@ -307,7 +309,7 @@ def render_search(outcome: SearchOutcome, sketch: Any, mode: str | None = None) 
     if outcome.kind == "empty":
         return [], None, EMPTY_HINT, [], sketch
     if outcome.kind != "ok":
-        icon = "⏳" if outcome.kind == "not_ready" and "Still" in outcome.message else "⚠️"
+        icon = "⏳" if outcome.retry else "⚠️"
         return [], None, f"{icon} {_redact(outcome.message)}", [], sketch
     items = [(str(hit.thumbnail), f"{hit.score:.3f} · {neutralise(hit.name)}") for hit in outcome.hits]
     hits = [{"name": hit.name, "photo": str(hit.photo), "thumbnail": str(hit.thumbnail), "score": hit.score,
@@ -316,109 +318,121 @@ def render_search(outcome: SearchOutcome, sketch: Any, mode: str | None = None) 
 
 
 # ---------------------------------------------------------------------------------------------
-# The page
+# The page's handlers: input checks, rate limits and gates around the service, then rendering
 # ---------------------------------------------------------------------------------------------
-def build_demo(service: SearchService) -> gr.Blocks:
-    """The Blocks app around `service` (not launched; `main` and tests launch it)."""
-    cfg = service.config
-    served: set[Path] = set()
+def empty_view(message: str = EMPTY_HINT) -> SearchView:
+    return [], None, message, [], None
 
-    def serve_thumbnails(gallery: Any) -> None:
-        # Once per folder: Gradio appends to its list, and checks every result file against every entry.
-        if Path(gallery.thumbs_dir) not in served:
-            served.add(Path(gallery.thumbs_dir))
-            gr.set_static_paths([gallery.thumbs_dir])
 
-    service.on_gallery = serve_thumbnails
-    if service.engine is not None:
-        serve_thumbnails(service.engine.gallery)
-    quiet_client_errors()
-    redact = redactor_for(cfg)
-    # Drawn strokes skip Gradio's queue (its join + event-stream round trips cost ~100 ms a stroke, measured by
-    # bench/browser.py), so this gate is what keeps searches to `concurrency` at a time; a bounded number wait
-    # (at most a few seconds), the rest hear "busy" at once. Uploaded sketches (a file decode each) have a gate of
-    # their own, so they cannot take the drawn strokes' slots; explanations and photo uploads have their own
-    # Gradio concurrency ids below.
-    searching = Gate("search", cfg.concurrency, max_waiting=max(1, cfg.queue_size), wait_s=10.0)
-    upload_searching = Gate("uploaded-sketch search", 1, max_waiting=max(1, cfg.queue_size // 4), wait_s=20.0)
-    search_rate = RateLimiter("search", per_second=8.0, burst=40)
-    upload_rate = RateLimiter("upload", per_second=0.2, burst=5)
-    policy = UploadPolicy.resolve(cfg.host, cfg.share)
-    quota = UploadQuota(policy)
-    if policy.public:
-        log.info("Public app (%s): adding photos is %s", policy.why_public, "on, with quotas" if policy.enabled
-                 else "off (ZSDEMO_ALLOW_UPLOADS=1 turns it on)")
+class Page:
+    """What the page's events call, for one service. Drawn strokes skip Gradio's queue (its join + event-stream round
+    trips cost ~100 ms a stroke, measured by bench/browser.py), so the `searching` gate is what keeps searches to
+    `concurrency` at a time; a bounded number wait (at most a few seconds), the rest hear "busy" at once. Uploaded
+    sketches (a file decode each) have a gate of their own, so they cannot take the drawn strokes' slots;
+    explanations and photo uploads have their own Gradio concurrency ids (see `wire`)."""
 
-    modes = service.modes
-    choices = [(service.mode(name).label, name) for name in modes]
+    def __init__(self, service: SearchService) -> None:
+        cfg = service.config
+        self.service, self.modes, self.redact = service, service.modes, redactor_for(cfg)
+        self.searching = Gate("search", cfg.concurrency, max_waiting=max(1, cfg.queue_size), wait_s=10.0)
+        self.upload_searching = Gate("uploaded-sketch search", 1, max_waiting=max(1, cfg.queue_size // 4), wait_s=20.0)
+        self.search_rate = RateLimiter("search", per_second=8.0, burst=40)
+        self.upload_rate = RateLimiter("upload", per_second=0.2, burst=5)
+        self.policy = UploadPolicy.resolve(cfg.host, cfg.share)
+        self.quota = UploadQuota(self.policy)
+        if self.policy.public:
+            log.info("Public app (%s): adding photos is %s", self.policy.why_public,
+                     "on, with quotas" if self.policy.enabled else "off (ZSDEMO_ALLOW_UPLOADS=1 turns it on)")
 
-    def run_search(sketch: Any, k: Any, text: Any, text_weight: Any, mode: Any, gate: Gate | None = None,
+    # ---- search ------------------------------------------------------------------------------
+    def run_search(self, sketch: Any, k: Any, text: Any, text_weight: Any, mode: Any, gate: Gate | None = None,
                    client: str | None = None) -> SearchView:
         try:
-            search_rate.check(client)
-            with (gate or searching).enter():
-                outcome = service.search(sketch, k, text, text_weight, mode or None)
+            self.search_rate.check(client)
+            with (gate or self.searching).enter():
+                outcome = self.service.search(sketch, k, text, text_weight, mode or None)
         except ZsdemoError as exc:  # busy or rate-limited: a readable answer, nothing queued
             outcome = SearchOutcome("error", str(exc))
-        if outcome.kind == "ok" and len(modes) > 1:
-            outcome.message = f"{outcome.message[:-1]} ({service.mode(mode).label})."
-        return render_search(outcome, sketch, mode if isinstance(mode, str) and mode else modes[0])
+        return render_search(outcome, sketch, mode if isinstance(mode, str) and mode else self.modes[0])
 
-    def search(sketch: str | None, k: float | None = None, text: str | None = None,
+    def search(self, sketch: str | None, k: float | None = None, text: str | None = None,
                text_weight: float | None = None, mode: str | None = None,
                request: gr.Request = None) -> SearchView:  # type: ignore[assignment]
         """The canvas endpoint: strokes JSON only (a string from the browser is never opened as a server path).
         `mode`: one of the served modes (category = this kind of thing, fine_grained = this exact one; plain)."""
         if sketch is not None and not isinstance(sketch, str):
-            return [], None, "⚠️ /search takes the canvas's strokes as a JSON string.", [], None
+            return empty_view("⚠️ /search takes the canvas's strokes as a JSON string.")
         if not sketch or not sketch.strip():
-            return [], None, EMPTY_HINT, [], None
+            return empty_view()
         if not is_strokes_value(sketch):
-            return ([], None, "⚠️ /search takes the canvas's strokes as JSON ({\"width\", \"height\", \"strokes\"}); "
-                    "send a picture of a sketch to /search_upload instead.", [], None)
-        return run_search(sketch, k, text, text_weight, mode, client=client_key(request))
+            return empty_view("⚠️ /search takes the canvas's strokes as JSON ({\"width\", \"height\", \"strokes\"}); "
+                              "send a picture of a sketch to /search_upload instead.")
+        return self.run_search(sketch, k, text, text_weight, mode, client=client_key(request))
 
-    def search_upload(path: str | None, k: float | None = None, text: str | None = None,
+    def search_upload(self, path: str | None, k: float | None = None, text: str | None = None,
                       text_weight: float | None = None, mode: str | None = None,
                       request: gr.Request = None) -> SearchView:  # type: ignore[assignment]
         if not path:
-            return [], None, EMPTY_HINT, [], None
-        if service.is_served_file(str(path)):
-            return [], None, "⚠️ That file is one this app serves; upload a picture of a sketch instead.", [], None
-        return run_search(str(path), k, text, text_weight, mode, upload_searching, client_key(request))
+            return empty_view()
+        if self.service.is_served_file(str(path)):
+            return empty_view("⚠️ That file is one this app serves; upload a picture of a sketch instead.")
+        return self.run_search(str(path), k, text, text_weight, mode, self.upload_searching, client_key(request))
 
-    def rerun(sketch: Any, k: float | None, text: str | None, weight: float | None, mode: str | None) -> SearchView:
-        return run_search(sketch, k, text, weight, mode) if sketch else ([], None, EMPTY_HINT, [], None)
+    def rerun(self, sketch: Any, k: float | None, text: str | None, weight: float | None,
+              mode: str | None) -> SearchView:
+        return self.run_search(sketch, k, text, weight, mode) if sketch else empty_view()
 
-    def explained(outcome: Any, title: str, for_page: bool = False) -> tuple[Image.Image | None, str]:
+    # ---- start-up: progress, and the sketch drawn before the gallery was ready ----------------------
+    def ready_modes(self) -> list[str]:
+        return [name for name in self.modes if self.service.mode(name).engine is not None
+                and self.service.mode(name).status.phase == "ready"]
+
+    def poll(self, sketch: Any, k: float | None, text: str | None, weight: float | None, mode: str | None,
+             hits: list[dict[str, Any]] | None, seen: list[str] | None) -> tuple[Any, ...]:
+        """The start-up timer: banner, warning and info line; and once the searched mode turns ready, the sketch
+        that was drawn while it was not (it got "still preparing", so no hits) is searched again, without a stroke."""
+        ready = self.ready_modes()
+        page = (banner_html(self.service), warning_html(self.service), info_markdown(self.service),
+                gr.Timer(active=not self.service.settled), ready)
+        wanted = mode if mode in self.modes else self.modes[0]
+        if sketch and not hits and wanted in ready and wanted not in (seen or []):
+            return (*page, *self.rerun(sketch, k, text, weight, mode))
+        return (*page, *(gr.skip() for _ in range(5)))
+
+    def refresh(self) -> tuple[str, str, str]:
+        return banner_html(self.service), warning_html(self.service), info_markdown(self.service)
+
+    # ---- why this photo ----------------------------------------------------------------------
+    def explained(self, outcome: Any, title: str, for_page: bool = False) -> tuple[Image.Image | None, str]:
         if outcome.kind != "ok":
-            return None, f"{title}  \n⚠️ {redact(outcome.message)}"
+            return None, f"{title}  \n⚠️ {self.redact(outcome.message)}"
         image = outcome.image
         if for_page and max(image.size) < SHOWN_PHOTO_SIDE:  # small photos: enlarged on the page (API: photo's size)
             scale = SHOWN_PHOTO_SIDE / max(image.size)
             image = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.LANCZOS)
         return image, f"{title}  \n**Why this photo:** {outcome.message}"
 
-    def show_photo(hits: list[dict[str, Any]], sketch: Any, evt: gr.SelectData) -> tuple[Image.Image | None, str]:
-        """A click on a result: the photo with the similarity map of the sketch that found it."""
+    def show_photo(self, hits: list[dict[str, Any]], sketch: Any, evt: gr.SelectData) -> tuple[Any, ...]:
+        """A click on a result: the photo with the similarity map of the sketch that found it (the area appears)."""
         index = evt.index if isinstance(evt.index, int) else None
-        if index is None or not 0 <= index < len(hits):
-            return None, ""
+        if index is None or not 0 <= index < len(hits or []):
+            return None, "", gr.Row(visible=False)
         hit = hits[index]
-        from zsdemo.store.layout import Hit
+        from zsdemo.store.gallery import Hit
 
         found = Hit(hit["name"], Path(hit["photo"]), Path(hit["thumbnail"]), hit["score"])
         title = f"**#{index + 1} · {hit['name']}** · similarity {hit['score']:.3f}"
-        if len(modes) > 1:
-            title += f" · {service.mode(hit.get('mode')).label}"
+        if len(self.modes) > 1:
+            title += f" · {self.service.mode(hit.get('mode')).label}"
         if sketch:
-            return explained(service.explain(found, sketch, hit.get("mode")), title, for_page=True)
+            return *self.explained(self.service.explain(found, sketch, hit.get("mode")), title, for_page=True), \
+                gr.Row(visible=True)
         try:
-            return service.photo(found), title
+            return self.service.photo(found), title, gr.Row(visible=True)
         except ZsdemoError as exc:
-            return None, f"⚠️ {exc}"
+            return None, f"⚠️ {exc}", gr.Row(visible=True)
 
-    def explain(sketch: str | None, photo: str | None, mode: str | None = None) -> tuple[Image.Image | None, str]:
+    def explain(self, sketch: str | None, photo: str | None, mode: str | None = None) -> tuple[Image.Image | None, str]:
         """Why a photo matched: the canvas's strokes JSON, a photo's name as /search captions give it (after the
         " · "), and the mode. Returns the photo with the similarity map over it, and a caption."""
         if not isinstance(sketch, str) or not is_strokes_value(sketch):
@@ -426,103 +440,195 @@ def build_demo(service: SearchService) -> gr.Blocks:
         if not isinstance(photo, str) or len(photo) > 1000:
             return None, "⚠️ /explain takes a photo's name as /search captions give it."
         name = photo.split(" · ")[-1].strip()
-        return explained(service.explain(name, sketch, mode or None), f"**{neutralise(name)[:200]}**")
+        return self.explained(self.service.explain(name, sketch, mode or None), f"**{neutralise(name)[:200]}**")
 
-    def add(files: list[str] | None, progress: gr.Progress = gr.Progress(),  # noqa: B008
+    # ---- add photos --------------------------------------------------------------------------
+    def add(self, files: list[str] | None, progress: gr.Progress = gr.Progress(),  # noqa: B008
             request: gr.Request = None) -> tuple[str, str]:  # type: ignore[assignment]
         def report(done: int, total: int, message: str) -> None:
             progress((done, total), desc=message or "Indexing")
 
-        if not policy.enabled:
-            return f"⚠️ {policy.off_message()}", info_markdown(service)
+        if not self.policy.enabled:
+            return f"⚠️ {self.policy.off_message()}", info_markdown(self.service)
         paths = [str(f) for f in files or [] if isinstance(f, str)]
+        session = getattr(request, "session_hash", None)
         try:
-            upload_rate.check(client_key(request))
+            self.upload_rate.check(client_key(request))
             nbytes = sum(os.path.getsize(f) for f in paths if os.path.isfile(f))
-            quota.check(getattr(request, "session_hash", None), len(paths), nbytes, service.cache_dir / "uploads")
+            self.quota.check(session, len(paths), nbytes, self.service.cache_dir / "uploads")
         except ZsdemoError as exc:
             log.info("add_photos refused: %s", exc)
-            return f"⚠️ {exc}", info_markdown(service)
-        outcome = service.add_photos(paths, report)
+            return f"⚠️ {exc}", info_markdown(self.service)
+        outcome = self.service.add_photos(paths, report)
         if outcome.added:
-            quota.record(getattr(request, "session_hash", None), outcome.added, nbytes)
-        message = redact(outcome.message if outcome.ok else f"⚠️ {outcome.message}")
+            self.quota.record(session, outcome.added, nbytes)
+        return self.added_message(outcome), info_markdown(self.service)
+
+    def added_message(self, outcome: Any) -> str:
+        message = self.redact(outcome.message if outcome.ok else f"⚠️ {outcome.message}")
         if outcome.skipped:
-            listed = "; ".join(f"{name}: {redact(why)}" for name, why in outcome.skipped[:10])
+            listed = "; ".join(f"{name}: {self.redact(why)}" for name, why in outcome.skipped[:10])
             message += f"  \n⚠️ Skipped {len(outcome.skipped)}: {listed}" + (" …" if len(outcome.skipped) > 10 else "")
-        return message, info_markdown(service)
+        return message
 
-    def poll() -> tuple[str, str, gr.Timer]:
-        return banner_html(service), info_markdown(service), gr.Timer(active=not service.settled)
 
+# ---------------------------------------------------------------------------------------------
+# The page's layout (components only) and wiring (events only)
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class Controls:
+    """The page's components, by role (see `layout`)."""
+
+    banner: Any = None
+    warning: Any = None
+    mode: Any = None
+    sketch: Any = None
+    upload: Any = None
+    k: Any = None
+    text: Any = None
+    weight: Any = None
+    preview: Any = None
+    status: Any = None
+    results: Any = None
+    why_box: Any = None
+    large: Any = None
+    large_caption: Any = None
+    explain_sketch: Any = None
+    explain_photo: Any = None
+    photos: Any = None
+    add_button: Any = None
+    add_status: Any = None
+    info: Any = None
+    hits: Any = None
+    current: Any = None
+    seen: Any = None
+    timer: Any = None
+
+    @property
+    def settings(self) -> list[Any]:
+        return [self.k, self.text, self.weight, self.mode]
+
+    @property
+    def search_outputs(self) -> list[Any]:
+        return [self.results, self.preview, self.status, self.hits, self.current]
+
+
+def layout_header(c: Controls, page: Page) -> None:
+    service = page.service
+    gr.Markdown("# ✏️ Sketch search\nDraw a rough sketch; the photos that match it appear as you draw.")
+    c.warning = gr.HTML(warning_html(service), elem_id="zs-warning")
+    c.banner = gr.HTML(banner_html(service), elem_id="zs-banner")
+    choices = [(service.mode(name).label, name) for name in page.modes]
+    c.mode = unchecked(gr.Radio(choices, value=page.modes[0], label="Search for", elem_id="zs-mode",
+                                visible=len(page.modes) > 1,
+                                info="“This kind of thing”: photos of the same category. “This exact one”: the photo "
+                                     "of this very object (fine-grained)."))
+
+
+def layout_drawing(c: Controls, page: Page) -> None:
+    """The left column: the canvas (or an upload), and the search settings."""
+    cfg = page.service.config
+    with gr.Tabs():
+        with gr.Tab("Draw"):
+            c.sketch = gr.HTML("", html_template=page_file("canvas.html"), css_template=page_file("canvas.css"),
+                               js_on_load=page_file("canvas.js"), elem_id="zs-sketch", label="Sketch",
+                               apply_default_css=False, **canvas_settings())
+        with gr.Tab("Upload a sketch"):
+            c.upload = gr.File(label="Sketch image (black lines on white work best)", file_count="single",
+                               file_types=list(PHOTO_EXTENSIONS), type="filepath", elem_id="zs-upload")
+    c.k = unchecked(gr.Slider(1, cfg.max_k, value=cfg.default_k, step=1, label="Number of results"))
+    with gr.Accordion("Refine with text (optional)", open=False):
+        c.text = gr.Textbox(label="Text", placeholder="e.g. red  (press Enter)", max_length=200)
+        c.weight = unchecked(gr.Slider(0.0, 1.0, value=0.0, step=0.05, label="Text weight (0 = sketch only)"))
+
+
+def layout_results(c: Controls) -> None:
+    """The right column (below the canvas on a phone): status, the results, and "why this photo" once clicked."""
+    with gr.Row(equal_height=False):
+        c.preview = gr.Image(label="what the model sees", type="pil", format="jpeg", interactive=False, height=150,
+                             width=150, scale=0, min_width=150, elem_id="zs-preview", buttons=[])
+        c.status = gr.Markdown(EMPTY_HINT, elem_id="zs-status", min_height=0)
+    gr.Markdown("**Results** (similarity · file); click one to see why it matched.")
+    c.results = gr.Gallery(label="results", show_label=False, columns=6, height="auto", object_fit="cover",
+                           allow_preview=False, elem_id="zs-results")
+    with gr.Row(visible=False, equal_height=False, elem_id="zs-why-box") as c.why_box:  # side by side, or stacked
+        with gr.Column(scale=3, min_width=260):
+            c.large = gr.Image(label="Why this photo: similarity to your sketch", show_label=False, type="pil",
+                               format="jpeg", interactive=False, elem_id="zs-large", buttons=["fullscreen"])
+        with gr.Column(scale=2, min_width=220):
+            c.large_caption = gr.Markdown(elem_id="zs-why", min_height=0)
+
+
+def layout_footer(c: Controls, page: Page) -> None:
+    with gr.Row(visible=False):  # inputs of the /explain API endpoint only
+        c.explain_sketch = gr.Textbox(label="sketch")
+        c.explain_photo = gr.Textbox(label="photo")
+    with gr.Accordion("Add your own photos", open=False, visible=page.policy.enabled):
+        c.photos = gr.File(label="Photos", file_count="multiple", file_types=list(PHOTO_EXTENSIONS), type="filepath")
+        c.add_button = gr.Button("Add to the gallery")
+        c.add_status = gr.Markdown(elem_id="zs-add-status")
+    c.info = gr.Markdown(info_markdown(page.service), elem_id="zs-info")
+
+
+def layout(page: Page) -> Controls:
+    c = Controls()
+    layout_header(c, page)
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=0, min_width=CANVAS_SIZE + 24, elem_id="zs-draw-column"):
+            layout_drawing(c, page)
+        with gr.Column(scale=1, min_width=280, elem_id="zs-results-column"):
+            layout_results(c)
+    layout_footer(c, page)
+    c.hits = gr.State([])
+    c.current = gr.State(None)  # the last sketch searched (drawn or uploaded), for re-runs with new settings
+    c.seen = gr.State([])  # the modes this page has seen ready (the start-up timer re-runs a waiting sketch once)
+    c.timer = gr.Timer(0.5, active=not page.service.settled)
+    return c
+
+
+SHOW_WHY_JS = "() => document.querySelector('#zs-why-box')?.scrollIntoView({behavior: 'smooth', block: 'nearest'})"
+
+
+def wire(c: Controls, page: Page) -> None:
+    concurrency = page.service.config.concurrency
+    private = {"show_progress": "hidden", "concurrency_id": "search", "concurrency_limit": concurrency,
+               "api_visibility": "private"}
+    # Newest sketch wins: with trigger_mode="always_last", strokes made while a search runs collapse
+    # into one follow-up search of the latest drawing.
+    c.sketch.change(page.search, [c.sketch, *c.settings], c.search_outputs, api_name="search",
+                    trigger_mode="always_last", show_progress="hidden", queue=False)
+    c.upload.change(page.search_upload, [c.upload, *c.settings], c.search_outputs, api_name="search_upload",
+                    trigger_mode="always_last", show_progress="hidden", concurrency_id="search_upload",
+                    concurrency_limit=1)
+    for trigger in (c.k.release, c.text.submit, c.weight.release, c.mode.change):
+        trigger(page.rerun, [c.current, *c.settings], c.search_outputs, trigger_mode="always_last", **private)
+    why = [c.large, c.large_caption, c.why_box]
+    c.mode.change(lambda: (None, "", gr.Row(visible=False)), None, why, api_visibility="private", queue=False)
+    c.results.select(page.show_photo, [c.hits, c.current], why, api_visibility="private", concurrency_id="search",
+                     concurrency_limit=concurrency).then(None, js=SHOW_WHY_JS, api_visibility="private", queue=False)
+    c.explain_photo.submit(page.explain, [c.explain_sketch, c.explain_photo, c.mode], [c.large, c.large_caption],
+                           api_name="explain", concurrency_id="explain", concurrency_limit=1)
+    c.add_button.click(page.add, c.photos, [c.add_status, c.info], api_name="add_photos", concurrency_limit=1,
+                       concurrency_id="index").then(page.rerun, [c.current, *c.settings], c.search_outputs, **private)
+    c.timer.tick(page.poll, [c.current, *c.settings, c.hits, c.seen],
+                 [c.banner, c.warning, c.info, c.timer, c.seen, *c.search_outputs], api_visibility="private",
+                 queue=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# The app
+# ---------------------------------------------------------------------------------------------
+def build_demo(service: SearchService) -> gr.Blocks:
+    """The Blocks app around `service` (not launched; `main` and tests launch it)."""
+    gr.set_static_paths(service.thumbnail_folders())  # results are thumbnails, served as static files
+    quiet_client_errors()
+    page = Page(service)
     with gr.Blocks(title="Sketch search", delete_cache=(3600, 3600)) as demo:
-        gr.Markdown("# ✏️ Sketch search\nDraw a rough sketch; the photos that match it appear as you draw.")
-        banner = gr.HTML(banner_html(service), elem_id="zs-banner")
-        mode = unchecked(gr.Radio(choices, value=modes[0], label="Search for", elem_id="zs-mode", visible=len(modes) > 1,
-                        info="“This kind of thing”: photos of the same category. “This exact one”: the photo of "
-                             "this very object (fine-grained)."))
-        with gr.Row():
-            with gr.Column(scale=3):
-                with gr.Tabs():
-                    with gr.Tab("Draw"):
-                        sketch = gr.HTML("", html_template=CANVAS_HTML, css_template=CANVAS_CSS, js_on_load=CANVAS_JS,
-                                         elem_id="zs-sketch", label="Sketch", apply_default_css=False)
-                    with gr.Tab("Upload a sketch"):
-                        upload = gr.File(label="Sketch image (black lines on white work best)", file_count="single",
-                                         file_types=list(PHOTO_EXTENSIONS), type="filepath", elem_id="zs-upload")
-                k = unchecked(gr.Slider(1, cfg.max_k, value=cfg.default_k, step=1, label="Number of results"))
-                with gr.Accordion("Refine with text (optional)", open=False):
-                    text = gr.Textbox(label="Text", placeholder="e.g. red  (press Enter)", max_length=200)
-                    weight = unchecked(gr.Slider(0.0, 1.0, value=0.0, step=0.05, label="Text weight (0 = sketch only)"))
-            with gr.Column(scale=1, min_width=220):
-                preview = gr.Image(label="what the model sees", type="pil", format="jpeg", interactive=False,
-                                   height=240, elem_id="zs-preview")
-                status = gr.Markdown(EMPTY_HINT, elem_id="zs-status")
-        gr.Markdown("**Results** (similarity · file); click one to see why it matched.")
-        results = gr.Gallery(label="results", show_label=False, columns=6, height="auto", object_fit="cover",
-                             allow_preview=False, elem_id="zs-results")
-        with gr.Row():
-            large = gr.Image(label="Why this photo: similarity to your sketch", type="pil", format="jpeg",
-                             interactive=False, elem_id="zs-large")
-            large_caption = gr.Markdown(elem_id="zs-why")
-        with gr.Row(visible=False):  # inputs of the /explain API endpoint only
-            explain_sketch = gr.Textbox(label="sketch")
-            explain_photo = gr.Textbox(label="photo")
-        with gr.Accordion("Add your own photos", open=False, visible=policy.enabled):
-            photos = gr.File(label="Photos", file_count="multiple", file_types=list(PHOTO_EXTENSIONS), type="filepath")
-            add_button = gr.Button("Add to the gallery")
-            add_status = gr.Markdown(elem_id="zs-add-status")
-        info = gr.Markdown(info_markdown(service), elem_id="zs-info")
-
-        hits = gr.State([])
-        current = gr.State(None)  # the last sketch searched (drawn or uploaded), for re-runs with new settings
-        outputs = [results, preview, status, hits, current]
-        search_kw: dict[str, Any] = {"show_progress": "hidden", "concurrency_id": "search",
-                                     "concurrency_limit": cfg.concurrency}
-        private = {**search_kw, "api_visibility": "private"}
-
-        # Newest sketch wins: with trigger_mode="always_last", strokes made while a search runs collapse
-        # into one follow-up search of the latest drawing.
-        sketch.change(search, [sketch, k, text, weight, mode], outputs, api_name="search", trigger_mode="always_last",
-                      show_progress="hidden", queue=False)
-        upload.change(search_upload, [upload, k, text, weight, mode], outputs, api_name="search_upload",
-                      trigger_mode="always_last", show_progress="hidden", concurrency_id="search_upload",
-                      concurrency_limit=1)
-        for trigger in (k.release, text.submit, weight.release, mode.change):
-            trigger(rerun, [current, k, text, weight, mode], outputs, trigger_mode="always_last", **private)
-        mode.change(lambda: (None, ""), None, [large, large_caption], api_visibility="private", queue=False)
-        results.select(show_photo, [hits, current], [large, large_caption], api_visibility="private",
-                       concurrency_id="search", concurrency_limit=cfg.concurrency)
-        explain_photo.submit(explain, [explain_sketch, explain_photo, mode], [large, large_caption],
-                             api_name="explain", concurrency_id="explain", concurrency_limit=1)
-        add_button.click(add, photos, [add_status, info], api_name="add_photos", concurrency_limit=1,
-                         concurrency_id="index").then(rerun, [current, k, text, weight, mode], outputs, **private)
-
-        timer = gr.Timer(0.5, active=not service.settled)
-        timer.tick(poll, None, [banner, info, timer], api_visibility="private", queue=False)
-        demo.load(lambda: (banner_html(service), info_markdown(service)), None, [banner, info],
-                  api_visibility="private", queue=False)
-    demo.queue(default_concurrency_limit=cfg.concurrency, max_size=cfg.queue_size)
+        controls = layout(page)
+        wire(controls, page)
+        demo.load(page.refresh, None, [controls.banner, controls.warning, controls.info], api_visibility="private",
+                  queue=False)
+    demo.queue(default_concurrency_limit=service.config.concurrency, max_size=service.config.queue_size)
     return demo
 
 
@@ -530,7 +636,7 @@ def launch_kwargs(config: ServeConfig) -> dict[str, Any]:
     """Launch options shared by `main`, tests and benchmarks. No extra allowed_paths: thumbnails are
     served as static files; everything else returned to the page goes through Gradio's own cache."""
     return {"server_name": config.host or None, "server_port": config.port, "share": config.share,
-            "max_file_size": f"{config.max_upload_mb}mb", "show_error": True, "css": PAGE_CSS,
+            "max_file_size": f"{config.max_upload_mb}mb", "show_error": True, "css": page_file("page.css"),
             "footer_links": ["api", "gradio"]}
 
 

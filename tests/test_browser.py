@@ -285,3 +285,108 @@ def test_switch_modes_and_see_why_a_photo_matched(modes_app):
     switch.get_by_text("Find this kind of thing").click()  # back: the same results as before, the map cleared
     wait_for(lambda: "(Find this kind of thing)" in page.inner_text("#zs-status") and captions(page) == kind,
              what="category-level results again")
+
+
+def test_a_sketch_drawn_while_the_gallery_loads_gets_results_when_it_is_ready(browser_app, tiny_encoder, tmp_path):
+    """Issue 16 item 4: the stroke made during start-up hears "still preparing"; once the gallery is ready the page
+    searches that sketch itself (the start-up timer), with no further stroke."""
+    page = browser_app[0]
+    config = ServeConfig(cache=str(tmp_path / "cache"), model=TINY_MODEL, pretrained="none")
+    backend = SearchService(config, encoder=tiny_encoder)
+    demo = app.build_demo(backend)
+    _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True,
+                            **{**app.launch_kwargs(config), "server_name": "127.0.0.1", "server_port": None})
+    try:
+        page.goto(url)
+        page.wait_for_selector("#zs-sketch canvas[data-ready]")
+        Canvas(page).stroke((0.2, 0.2), (0.8, 0.3), (0.5, 0.8))
+        wait_for(lambda: "Still preparing" in page.inner_text("#zs-status"), what="the still-preparing message",
+                 describe=lambda: page.inner_text("#zs-status"))
+        assert captions(page) == []
+        backend.start()  # no stroke from here on
+        wait_for(lambda: len(captions(page)) == 12, timeout=90, what="results for the waiting sketch",
+                 describe=lambda: page.inner_text("#zs-status"))
+        assert "best of" in page.inner_text("#zs-status")
+        page.screenshot(path=str(ARTIFACTS / "browser-waiting-sketch.png"), full_page=True)
+    finally:
+        demo.close()
+
+
+def boxes(page, selector: str) -> list[dict[str, float]]:
+    return page.eval_on_selector_all(selector, "els => els.map(e => { const r = e.getBoundingClientRect(); "
+                                               "return {x: r.x, y: r.y, w: r.width, h: r.height}; })")
+
+
+def horizontal_overflow(page) -> dict[str, float]:
+    """How far the page and the results grid reach past their width (0 = no sideways scroll anywhere)."""
+    return page.evaluate("""() => {
+        const doc = document.documentElement;
+        const wraps = [...document.querySelectorAll('#zs-results .grid-wrap, #zs-results .grid-container')];
+        return {page: doc.scrollWidth - doc.clientWidth,
+                results: Math.max(0, ...wraps.map(w => w.scrollWidth - w.clientWidth))};
+    }""")
+
+
+def test_phone_shows_every_result_and_a_readable_why_view(browser_app):
+    """Issue 16 item 6, at 390x844: the results grid adapts to the width (no sideways scroll, every result within the
+    viewport's width and reachable by scrolling down), and "why this photo" is wide and clear of the toolbar."""
+    _, url, _, browser = browser_app
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, device_scale_factor=2)
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    try:
+        page.goto(url)
+        page.wait_for_selector("#zs-sketch canvas[data-ready]")
+        canvas = page.locator("#zs-sketch canvas").bounding_box()
+        assert canvas["x"] >= 0 and canvas["x"] + canvas["width"] <= 390
+        Canvas(page).stroke((0.2, 0.3), (0.7, 0.6), (0.3, 0.8))
+        wait_for(lambda: len(captions(page)) == 12, what="results on the phone")
+        assert horizontal_overflow(page) == {"page": 0, "results": 0}
+        items = page.locator("#zs-results .thumbnail-item")
+        assert items.count() == 12
+        for i in range(12):  # every result: within the width; in view once scrolled to vertically
+            items.nth(i).scroll_into_view_if_needed()
+            box = items.nth(i).bounding_box()
+            assert box["x"] >= 0 and box["x"] + box["width"] <= 390, (i, box)
+            assert box["y"] >= 0 and box["y"] + box["height"] <= 844, (i, box)
+            assert box["width"] >= 80, (i, box)  # a thumbnail one can see, not a sliver
+        page.screenshot(path=str(ARTIFACTS / "browser-phone-results.png"), full_page=True)
+
+        assert not page.locator("#zs-why-box").is_visible()
+        items.first.click()
+        page.wait_for_selector("#zs-large img")
+        wait_for(lambda: "Why this photo" in page.inner_text("#zs-why"), what="the why-this-photo caption")
+        image = page.locator("#zs-large img").bounding_box()
+        caption = page.locator("#zs-why").bounding_box()
+        assert image["width"] >= 0.7 * 390 and image["x"] >= 0 and image["x"] + image["width"] <= 390, image
+        assert caption["y"] >= image["y"] + image["height"] - 1, (image, caption)  # below the photo, not over it
+        assert page.locator("#zs-large label").filter(has_text="Why this photo").count() == 0  # no label under the toolbar
+        assert horizontal_overflow(page) == {"page": 0, "results": 0}
+        page.screenshot(path=str(ARTIFACTS / "browser-phone-why.png"), full_page=True)
+    finally:
+        context.close()
+
+
+def test_desktop_results_sit_beside_the_canvas_and_why_appears_when_filled(browser_app):
+    """Issue 16 item 7, at 1280x1100: the results fill the space beside the canvas, the random-weights warning is at
+    the top, and the "why this photo" area appears only once a result is clicked."""
+    page, url, _, _ = browser_app
+    page.goto(url)
+    page.wait_for_selector("#zs-sketch canvas[data-ready]")
+    warning = page.locator("#zs-warning")
+    assert warning.is_visible() and "Random weights" in warning.inner_text()
+    canvas = page.locator("#zs-sketch canvas").bounding_box()
+    assert warning.bounding_box()["y"] + warning.bounding_box()["height"] <= canvas["y"]  # above the canvas, in view
+    assert not page.locator("#zs-why-box").is_visible() and page.locator("#zs-large img").count() == 0
+    Canvas(page).stroke((0.2, 0.2), (0.8, 0.5), (0.4, 0.8))
+    wait_for(lambda: len(captions(page)) == 12, what="results")
+    results = page.locator("#zs-results").bounding_box()
+    assert results["x"] >= canvas["x"] + canvas["width"], (canvas, results)  # beside the canvas, not below it
+    assert results["x"] - (canvas["x"] + canvas["width"]) < 80, (canvas, results)  # no wide empty gap between
+    assert results["y"] < canvas["y"] + canvas["height"]
+    assert results["x"] + results["width"] > 1280 - 80  # and they use the width that is left
+    assert horizontal_overflow(page) == {"page": 0, "results": 0}
+    page.locator("#zs-results img").first.click()
+    page.wait_for_selector("#zs-large img")
+    assert page.locator("#zs-why-box").is_visible()
+    page.screenshot(path=str(ARTIFACTS / "browser-desktop-why.png"), full_page=True)
