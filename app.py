@@ -113,7 +113,7 @@ def cache_manifest(cache_dir: Path) -> dict[str, Any] | None:
     """The manifest of a cache's live generation (what it was built with), as the CLI reads it; None for a cache not
     built yet, or one that cannot be read (the service then says why, on the page)."""
     from zsdemo.errors import CacheError
-    from zsdemo.store.gallery import read_generation
+    from zsdemo.store.layout import read_generation
 
     try:
         return read_generation(cache_dir)[0]
@@ -418,7 +418,7 @@ class Page:
         if index is None or not 0 <= index < len(hits or []):
             return None, "", gr.Row(visible=False)
         hit = hits[index]
-        from zsdemo.store.gallery import Hit
+        from zsdemo.store.layout import Hit
 
         found = Hit(hit["name"], Path(hit["photo"]), Path(hit["thumbnail"]), hit["score"])
         title = f"**#{index + 1} · {hit['name']}** · similarity {hit['score']:.3f}"
