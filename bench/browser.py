@@ -280,11 +280,7 @@ SEGMENTS = [("up_to_join_sent", "pointer up -> join sent (page JS)"),
             ("total", "POINTER UP -> RESULTS PAINTED")]
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--serve-variant"]:  # internal: the app process of --variant (the rest is app.py's arguments)
-        serve_variant(argv[1], argv[2:])
-        return 0
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--photos", type=int, default=10_000, help="gallery size (default 10000)")
     p.add_argument("--strokes", type=int, default=12, help="strokes timed (default 12)")
@@ -312,34 +308,45 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown --variant {unknown}; choose from {', '.join(VARIANTS)}")
     if args.quick:
         args.model, args.photos, args.strokes, args.warmup = "zsdemo-tiny-vit", min(args.photos, 500), 3, 1
+    return args, (["as-is"] if args.url else variants)
+
+
+def start_apps(args: argparse.Namespace, variants: list[str], work: Path, procs: list[Any]) -> list[tuple[str, str, Any]]:
+    """One app per variant on one gallery cache (built first if missing): [(variant, url, process)]; each
+    started process is appended to `procs` at once, so the caller stops it whatever happens next."""
+    from zsdemo.model.encoder import EncoderConfig, SketchPhotoEncoder
+
+    cache = args.cache or work / "cache"
+    if not (cache / "CURRENT").is_file():
+        started = time.perf_counter()
+        encoder = SketchPhotoEncoder.load(EncoderConfig(model=args.model, pretrained=args.pretrained))
+        gallery = app_gallery(cache, encoder, args.photos)
+        print(f"gallery: {len(gallery)} photos ({gallery.backend} search), built in "
+              f"{time.perf_counter() - started:.1f} s", flush=True)
+        del encoder, gallery
+    urls = []
+    for variant in variants:
+        launcher = None if variant == "as-is" else [sys.executable, __file__, "--serve-variant", variant]
+        proc, url = start_app(cache, args.model, args.pretrained, work / f"app-{variant}.log", *args.app_arg,
+                              launcher=launcher)
+        procs.append(proc)
+        urls.append((variant, url, proc))
+    return urls
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--serve-variant"]:  # internal: the app process of --variant (the rest is app.py's arguments)
+        serve_variant(argv[1], argv[2:])
+        return 0
+    args, variants = parse_args(argv)
     if not Path(CHROMIUM).is_file():
         raise SystemExit(f"chromium not found at {CHROMIUM}: apt-get install chromium (or set CHROMIUM_PATH)")
-
     work = Path(tempfile.mkdtemp(prefix="zsdemo-browser-"))
     procs: list[Any] = []
     try:
+        urls = [(variants[0], args.url, None)] if args.url else start_apps(args, variants, work, procs)
         apps: list[tuple[str, str, int]] = []
-        if args.url:
-            variants = ["as-is"]
-            urls = [(variants[0], args.url, None)]
-        else:
-            from zsdemo.model.encoder import EncoderConfig, SketchPhotoEncoder
-
-            cache = args.cache or work / "cache"
-            if not (cache / "CURRENT").is_file():
-                started = time.perf_counter()
-                encoder = SketchPhotoEncoder.load(EncoderConfig(model=args.model, pretrained=args.pretrained))
-                gallery = app_gallery(cache, encoder, args.photos)
-                print(f"gallery: {len(gallery)} photos ({gallery.backend} search), built in "
-                      f"{time.perf_counter() - started:.1f} s", flush=True)
-                del encoder, gallery
-            urls = []
-            for variant in variants:
-                launcher = None if variant == "as-is" else [sys.executable, __file__, "--serve-variant", variant]
-                proc, url = start_app(cache, args.model, args.pretrained, work / f"app-{variant}.log", *args.app_arg,
-                                      launcher=launcher)
-                procs.append(proc)
-                urls.append((variant, url, proc))
         for variant, url, proc in urls:
             client = wait_app_ready(url, proc)
             apps.append((variant, url, client.fn_index("search")))

@@ -196,7 +196,7 @@ def indexing_run(url: str, fn: int, args: argparse.Namespace, work: Path, pid: i
         client.close()
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--photos", type=int, default=10_000, help="gallery size (default 10000)")
     p.add_argument("--users", type=int, default=8)
@@ -224,58 +224,58 @@ def main(argv: list[str] | None = None) -> int:
         args.model, args.photos, args.users, args.strokes, args.single = "zsdemo-tiny-vit", min(args.photos, 500), 2, 4, 4
         args.warmup, args.think, args.index_photos, args.index_users, args.index_idle_strokes = 1, 0.1, 8, 1, 3
         args.indexing = True
+    return args
 
-    work = Path(tempfile.mkdtemp(prefix="zsdemo-load-"))
-    proc = None
-    try:
-        if args.url:
-            url, pid = args.url, args.pid
-        else:
-            from zsdemo.model.encoder import EncoderConfig, SketchPhotoEncoder
 
-            started = time.perf_counter()
-            encoder = SketchPhotoEncoder.load(EncoderConfig(model=args.model, pretrained=args.pretrained))
-            gallery = app_gallery(work / "cache", encoder, args.photos)
-            print(f"gallery: {len(gallery)} photos ({gallery.backend} search), built in "
-                  f"{time.perf_counter() - started:.1f} s", flush=True)
-            del encoder, gallery
-            proc, url = start_app(work / "cache", args.model, args.pretrained, work / "app.log", *args.app_arg)
-            pid = proc.pid
-        client = wait_app_ready(url, proc)
-        fn = client.fn_index("search")
-        for i in range(args.warmup):
-            search_once(client, fn, 999, i + 1, "warmup")
-        client.close()
-        rss0 = rss_mb(pid) if pid else float("nan")
-        print(f"app ready at {url} (pid {pid}, RSS {rss0:.0f} MiB after warm-up)\n", flush=True)
+def launch(args: argparse.Namespace, work: Path) -> tuple[Any, str, int | None]:
+    """The app to load: (process or None, url, pid): one started here on a fresh gallery, or --url/--pid."""
+    if args.url:
+        return None, args.url, args.pid
+    from zsdemo.model.encoder import EncoderConfig, SketchPhotoEncoder
 
-        single, single_wall = run_users(url, fn, 1, args.single, args.think, pid, user_base=50)
-        print(f"1 user x {args.single} strokes ({single_wall:.1f} s): {summary(single.records)}", flush=True)
-        many, wall = run_users(url, fn, args.users, args.strokes, args.think, pid)
-        ok = [r.seconds for r in many.records if r.ok]
-        print(f"{args.users} users x {args.strokes} strokes ({wall:.1f} s): {summary(many.records)}")
-        print(f"throughput {len(ok) / wall:.2f} searches/s (think time {args.think:.2f} s mean per user)")
-        rss = [(0, rss0), *many.rss]
-        print("app RSS: " + ", ".join(f"{done} req {mb:.0f} MiB" for done, mb in rss))
-        errors = [r.error for r in many.records if not r.ok]
-        for e in sorted(set(errors))[:5]:
-            print(f"  error x{errors.count(e)}: {e}")
+    started = time.perf_counter()
+    encoder = SketchPhotoEncoder.load(EncoderConfig(model=args.model, pretrained=args.pretrained))
+    gallery = app_gallery(work / "cache", encoder, args.photos)
+    print(f"gallery: {len(gallery)} photos ({gallery.backend} search), built in "
+          f"{time.perf_counter() - started:.1f} s", flush=True)
+    del encoder, gallery
+    proc, url = start_app(work / "cache", args.model, args.pretrained, work / "app.log", *args.app_arg)
+    return proc, url, proc.pid
 
-        indexing = indexing_run(url, fn, args, work, pid) if args.indexing else None
-    finally:
-        stop_app(proc)
-        if args.keep:
-            print(f"work folder kept: {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
 
+def measure(args: argparse.Namespace, work: Path, proc: Any, url: str, pid: int | None) -> dict[str, Any]:
+    """Warm up, then the single-user reference, the users at once, and (--indexing) searches while indexing."""
+    client = wait_app_ready(url, proc)
+    fn = client.fn_index("search")
+    for i in range(args.warmup):
+        search_once(client, fn, 999, i + 1, "warmup")
+    client.close()
+    rss0 = rss_mb(pid) if pid else float("nan")
+    print(f"app ready at {url} (pid {pid}, RSS {rss0:.0f} MiB after warm-up)\n", flush=True)
+    single, single_wall = run_users(url, fn, 1, args.single, args.think, pid, user_base=50)
+    print(f"1 user x {args.single} strokes ({single_wall:.1f} s): {summary(single.records)}", flush=True)
+    many, wall = run_users(url, fn, args.users, args.strokes, args.think, pid)
+    ok = [r.seconds for r in many.records if r.ok]
+    print(f"{args.users} users x {args.strokes} strokes ({wall:.1f} s): {summary(many.records)}")
+    print(f"throughput {len(ok) / wall:.2f} searches/s (think time {args.think:.2f} s mean per user)")
+    print("app RSS: " + ", ".join(f"{done} req {mb:.0f} MiB" for done, mb in [(0, rss0), *many.rss]))
+    errors = [r.error for r in many.records if not r.ok]
+    for e in sorted(set(errors))[:5]:
+        print(f"  error x{errors.count(e)}: {e}")
+    indexing = indexing_run(url, fn, args, work, pid) if args.indexing else None
+    return {"single": single, "many": many, "wall": wall, "ok": ok, "errors": errors, "indexing": indexing}
+
+
+def report(args: argparse.Namespace, m: dict[str, Any]) -> None:
+    """The summary and the verdict line (last)."""
+    single, many, ok, wall, indexing = m["single"], m["many"], m["ok"], m["wall"], m["indexing"]
     load = os.getloadavg()
     single_p50 = ms([r.seconds for r in single.records if r.ok], 50)
     p95 = ms(ok, 95)
     ratio = p95 / single_p50
     base = many.rss[0][1] if many.rss else float("nan")
     growth = 100.0 * (many.rss[-1][1] - base) / base if many.rss else float("nan")
-    n_errors = len(errors) + sum(not r.ok for r in single.records)
+    n_errors = len(m["errors"]) + sum(not r.ok for r in single.records)
     print(f"\nmachine: {cpu_model()}, {os.cpu_count()} cores, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} "
           "(shared machine)")
     print(f"single-user p50 {single_p50:.0f} ms; {args.users} users p50 {ms(ok, 50):.0f} ms, p95 {p95:.0f} ms "
@@ -293,6 +293,22 @@ def main(argv: list[str] | None = None) -> int:
     print(f"users={args.users} p95_over_single_p50={ratio:.2f} single_p50_ms={single_p50:.0f} p95_ms={p95:.0f} "
           f"throughput={len(ok) / wall:.2f} rss_growth_pct={growth:.1f} errors={n_errors}{extra} load1={load[0]:.1f} "
           f"met={'yes' if met else 'no'} cpu={verdict_cpu()}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="zsdemo-load-"))
+    proc = None
+    try:
+        proc, url, pid = launch(args, work)
+        measured = measure(args, work, proc, url, pid)
+    finally:
+        stop_app(proc)
+        if args.keep:
+            print(f"work folder kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    report(args, measured)
     return 0
 
 

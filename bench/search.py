@@ -35,61 +35,66 @@ from zsdemo.model.encoder import EncoderConfig, SketchPhotoEncoder
 from zsdemo.store.build import build_gallery
 from zsdemo.store.index import AnnoySearcher, IndexConfig, build_annoy, exact_search
 
+WIDTHS = (34, 12, 12, 12, 2)
 
-def run(model: str = DEFAULT_MODEL, pretrained: str = "none", quick: bool = False, repeats: int = 30) -> dict[str, Any]:
-    """Run both sections, print the figures, return them."""
-    annoy_sizes = [2_000] if quick else [10_000, 100_000]
-    n_queries = 20 if quick else 200
-    n_photos = 16 if quick else 96
-    batch = 8 if quick else 32
-    results: dict[str, Any] = {"model": model, "pretrained": pretrained, "quick": quick}
-    info = machine_info()
-    results["machine"] = info
-    print(f"== bench/search.py: {model} (pretrained={pretrained}){' [quick]' if quick else ''}")
-    print(machine_line(info))
-    encoder = SketchPhotoEncoder.load(EncoderConfig(model=model, pretrained=pretrained, query_precision="fp32"))
-    size = encoder.image_size
 
-    print(f"\n-- nearest neighbours [{info['cpu']}, {info['cpu_label']}], 512-d synthetic embedding-like unit vectors, {n_queries} queries, k=10 "
-          f"(IndexConfig defaults: n_trees={IndexConfig().n_trees}, search_k={IndexConfig().search_k}, "
-          f"annoy_threshold={IndexConfig().annoy_threshold})")
-    print(row("items / index", "build s", "ms/query", "recall@10", "", widths=(34, 12, 12, 12, 2)))
-    results["ann"] = {}
-    search_ks = [2_000, 5_000, 10_000, 20_000, 40_000]
-    exact_sizes = sorted({*annoy_sizes, *([] if quick else [25_000, 50_000])})
-    all_data, queries = synthetic_embeddings(max(exact_sizes), 512, seed=3, n_queries=n_queries)
-    results["exact_ms"] = {}
-    for n in exact_sizes:
+def exact_rows(all_data: np.ndarray, queries: np.ndarray, sizes: list[int]) -> dict[int, float]:
+    """Mean ms per exact query at each gallery size."""
+    out = {}
+    for n in sizes:
         data = all_data[:n]
         exact_search(data, queries[0], 10)  # warm
         t0 = time.perf_counter()
         for q in queries:
             exact_search(data, q, 10)
-        results["exact_ms"][n] = (time.perf_counter() - t0) * 1000 / n_queries
-        print(row(f"{n:,} exact (exact_search)", "-", results["exact_ms"][n], 1.0, "", widths=(34, 12, 12, 12, 2)))
-    for n in annoy_sizes:
-        data = all_data[:n]
-        truth = [set(exact_search(data, q, 10)[0].tolist()) for q in queries]
-        entry: dict[str, Any] = {"exact_ms": results["exact_ms"][n], "annoy": {}}
-        for n_trees in ([10, 25] if quick else [25, 50]):
-            icfg = IndexConfig(n_trees=n_trees)
-            with tempfile.TemporaryDirectory(prefix="zsdemo-ann-") as tmp:
+        out[n] = (time.perf_counter() - t0) * 1000 / len(queries)
+        print(row(f"{n:,} exact (exact_search)", "-", out[n], 1.0, "", widths=WIDTHS))
+    return out
+
+
+def annoy_rows(data: np.ndarray, queries: np.ndarray, trees: list[int], search_ks: list[int]) -> dict[Any, Any]:
+    """Annoy at each (n_trees, search_k): build seconds, mean ms per query, recall@10 against exact search."""
+    n = len(data)
+    truth = [set(exact_search(data, q, 10)[0].tolist()) for q in queries]
+    out: dict[Any, Any] = {}
+    for n_trees in trees:
+        icfg = IndexConfig(n_trees=n_trees)
+        with tempfile.TemporaryDirectory(prefix="zsdemo-ann-") as tmp:
+            t0 = time.perf_counter()
+            build_annoy(data, Path(tmp) / "i.ann", icfg)
+            build_s = time.perf_counter() - t0
+            for search_k in search_ks:
+                searcher = AnnoySearcher(Path(tmp) / "i.ann", data.shape[1], replace(icfg, search_k=search_k))
                 t0 = time.perf_counter()
-                build_annoy(data, Path(tmp) / "i.ann", icfg)
-                build_s = time.perf_counter() - t0
-                for search_k in search_ks:
-                    searcher = AnnoySearcher(Path(tmp) / "i.ann", 512, replace(icfg, search_k=search_k))
-                    t0 = time.perf_counter()
-                    found = [searcher.search(q, 10)[0] for q in queries]
-                    ms = (time.perf_counter() - t0) * 1000 / n_queries
-                    recall = float(np.mean([len(truth[i] & set(f.tolist())) / 10 for i, f in enumerate(found)]))
-                    entry["annoy"][(n_trees, search_k)] = {"build_s": build_s, "ms": ms, "recall": recall}
-                    print(row(f"{n:,} annoy trees={n_trees} search_k={search_k}", build_s, ms, recall, "",
-                              widths=(34, 12, 12, 12, 2)))
-                    searcher.index.unload()
-        results["ann"][n] = entry
+                found = [searcher.search(q, 10)[0] for q in queries]
+                ms = (time.perf_counter() - t0) * 1000 / len(queries)
+                recall = float(np.mean([len(truth[i] & set(f.tolist())) / 10 for i, f in enumerate(found)]))
+                out[(n_trees, search_k)] = {"build_s": build_s, "ms": ms, "recall": recall}
+                print(row(f"{n:,} annoy trees={n_trees} search_k={search_k}", build_s, ms, recall, "", widths=WIDTHS))
+                searcher.unload()
+    return out
 
 
+def section_ann(results: dict[str, Any], info: dict[str, Any], quick: bool) -> None:
+    annoy_sizes = [2_000] if quick else [10_000, 100_000]
+    n_queries = 20 if quick else 200
+    cfg = IndexConfig()
+    print(f"\n-- nearest neighbours [{info['cpu']}, {info['cpu_label']}], 512-d synthetic embedding-like unit vectors, "
+          f"{n_queries} queries, k=10 (IndexConfig defaults: n_trees={cfg.n_trees}, search_k={cfg.search_k}, "
+          f"annoy_threshold={cfg.annoy_threshold})")
+    print(row("items / index", "build s", "ms/query", "recall@10", "", widths=WIDTHS))
+    exact_sizes = sorted({*annoy_sizes, *([] if quick else [25_000, 50_000])})
+    all_data, queries = synthetic_embeddings(max(exact_sizes), 512, seed=3, n_queries=n_queries)
+    results["exact_ms"] = exact_rows(all_data, queries, exact_sizes)
+    results["ann"] = {}
+    for n in annoy_sizes:
+        annoy = annoy_rows(all_data[:n], queries, [10, 25] if quick else [25, 50], [2_000, 5_000, 10_000, 20_000, 40_000])
+        results["ann"][n] = {"exact_ms": results["exact_ms"][n], "annoy": annoy}
+
+
+def section_indexing(results: dict[str, Any], encoder: SketchPhotoEncoder, quick: bool, repeats: int) -> None:
+    """The library's gallery build on generated photos, against the raw encoder throughput around it."""
+    n_photos, batch, size = (16, 8, encoder.image_size) if quick else (96, 32, encoder.image_size)
     with tempfile.TemporaryDirectory(prefix="zsdemo-idx-") as tmp:
         photos = Path(tmp) / "photos"
         photo_files(photos, n_photos)
@@ -107,6 +112,16 @@ def run(model: str = DEFAULT_MODEL, pretrained: str = "none", quick: bool = Fals
           f"raw encode_tensor fp32 on a batch of {batch}: {raw_rate:.1f} images/s; "
           f"indexing runs at {build_rate / raw_rate:.2f} x the raw encoder throughput")
 
+
+def run(model: str = DEFAULT_MODEL, pretrained: str = "none", quick: bool = False, repeats: int = 30) -> dict[str, Any]:
+    """Run both sections, print the figures, return them."""
+    info = machine_info()
+    results: dict[str, Any] = {"model": model, "pretrained": pretrained, "quick": quick, "machine": info}
+    print(f"== bench/search.py: {model} (pretrained={pretrained}){' [quick]' if quick else ''}")
+    print(machine_line(info))
+    encoder = SketchPhotoEncoder.load(EncoderConfig(model=model, pretrained=pretrained, query_precision="fp32"))
+    section_ann(results, info, quick)
+    section_indexing(results, encoder, quick, repeats)
     return results
 
 
