@@ -31,7 +31,11 @@ import argparse
 import contextlib
 import json
 import logging
+import os
+import random
+import shutil
 import statistics
+import subprocess
 import tempfile
 import time
 from typing import Any
@@ -39,12 +43,15 @@ from typing import Any
 import open_clip
 import torch
 
+from train.config import TEXT_TEMPLATE
 from train.losses import category_losses
 from train.model import build_model, spec_for
+from train.runtime import set_cpu_threads
+from zsdemo.config import DEFAULT_MODEL
 
 log = logging.getLogger("train.bench")
 PRETRAIN_STEPS = 3000
-# 600 prompt steps instead of tiny.yaml's 120: seen-class mAP still rose from 120 to 300 to 600 (train/BENCH.md)
+# 600 prompt steps instead of tiny.yaml's 120 (why: train/BENCH.md, learning check)
 LEARNING_OVERRIDES = ("epochs=60",)
 
 
@@ -54,7 +61,7 @@ def throughput(model_name: str, batch_size: int, steps: int, n_classes: int, pre
     step_model.to(device).train()
     size = int(clip.visual.image_size[0] if isinstance(clip.visual.image_size, tuple) else clip.visual.image_size)
     optimizer = torch.optim.Adam([p for p in step_model.parameters() if p.requires_grad], lr=1e-5)
-    tokens = open_clip.get_tokenizer(model_name)([f"a photo of a class{i}" for i in range(n_classes)]).to(device)
+    tokens = open_clip.get_tokenizer(model_name)([TEXT_TEMPLATE.format(f"class{i}") for i in range(n_classes)]).to(device)
     with torch.no_grad():
         text_once = clip.encode_text(tokens, normalize=True).float()
     g = torch.Generator().manual_seed(0)
@@ -106,9 +113,9 @@ def learning_check(out_dir: Path, overrides: list[str], pretrained: str) -> dict
 
     from train import fit
     from train.config import load_config
+    from train.eval import eval_loaders, evaluate
     from train.splits import split_from_config
     from train.transforms import eval_transform
-    from train.eval import eval_loaders, evaluate
 
     config = Path(__file__).resolve().parent / "configs" / "tiny.yaml"
     args = [f"out_dir={out_dir}", "progress=false", f"pretrained={pretrained}", *overrides]
@@ -155,10 +162,10 @@ def fine_grained_check(out_root: Path, pretrained: str, taus: list[float], seeds
 
     from train import fit
     from train.config import load_config
-    from train.splits import split_from_config
-    from train.transforms import eval_transform
     from train.eval import eval_loaders, evaluate
+    from train.splits import split_from_config
     from train.synthetic import generate
+    from train.transforms import eval_transform
     from zsdemo.model.prompts import read_checkpoint
 
     config = Path(__file__).resolve().parent / "configs" / "tiny_fine_grained.yaml"
@@ -210,15 +217,195 @@ def print_fine_grained(r: dict[str, Any]) -> None:
         print(f"| {row['delta_tau']} | {row['seed']} | " + " | ".join(cells) + " |")
 
 
+# ---- the fine-grained learning check that can pass or fail (issue 17 item 1) -----------------------------
+FG_ARMS = ("step0", "trained", "shuffled", "tri_ce")
+FG_ARM_LABELS = {"step0": "(a) prompts at step 0", "trained": "(b) trained on true pairs",
+                 "shuffled": "(c) trained, pairs shuffled within class", "tri_ce": "(d) triplet + CE only"}
+# training overrides per trained arm (the shuffled arm trains on a copy of the data whose seen pairs are shuffled)
+FG_ARM_OVERRIDES = {"trained": (), "shuffled": (), "tri_ce": ("delta_weight=0", "ps_weight=0")}
+FG_GATE = (20.0, 60.0)  # frozen-backbone unseen Acc@1 (%): room to gain and to lose
+FG_MIN_GAIN_EVERY_SEED = 0.0  # (b) - (a) > this in every seed
+FG_MIN_GAIN_MEAN = 5.0  # mean of (b) - (a) >= this
+FG_MIN_CONTROL_GAP = 10.0  # (b) - (c) >= this in every seed
+# 20 photos x 3 sketches per shape: 180 unseen queries (3 shapes) against a 60-photo unseen gallery
+FG_DATA = {"photos_per_class": 20, "sketches_per_photo": 3, "size": 96, "seed": 0}
+FG_PRETRAIN = {"steps": 1500, "photos_per_class": 300, "instance_weight": 1.0}
+FG_STEPS = 200
+
+
+def fg_verdict(frozen_acc1: float, arms: dict[str, list[float]]) -> dict[str, Any]:
+    """The pass/fail rule on unseen Acc@1 (%), one value per seed for each arm of FG_ARMS.
+
+    Passes when the frozen backbone is inside FG_GATE, (b) - (a) > 0 in every seed and >= +5 on average,
+    and (b) - (c) >= +10 in every seed. Returns the verdict, the differences and the reasons it failed."""
+    gain = [b - a for a, b in zip(arms["step0"], arms["trained"], strict=True)]
+    gap = [b - c for b, c in zip(arms["trained"], arms["shuffled"], strict=True)]
+    reasons = []
+    if not FG_GATE[0] <= frozen_acc1 <= FG_GATE[1]:
+        reasons.append(f"gate: frozen backbone unseen Acc@1 {frozen_acc1:.1f} outside {FG_GATE[0]:.0f}-{FG_GATE[1]:.0f}")
+    if not all(g > FG_MIN_GAIN_EVERY_SEED for g in gain):
+        reasons.append(f"(b)-(a) not > {FG_MIN_GAIN_EVERY_SEED:g} in every seed: {[round(g, 1) for g in gain]}")
+    if statistics.fmean(gain) < FG_MIN_GAIN_MEAN:
+        reasons.append(f"mean (b)-(a) {statistics.fmean(gain):.1f} < {FG_MIN_GAIN_MEAN:g}")
+    if not all(g >= FG_MIN_CONTROL_GAP for g in gap):
+        reasons.append(f"(b)-(c) not >= {FG_MIN_CONTROL_GAP:g} in every seed: {[round(g, 1) for g in gap]}")
+    return {"passed": not reasons, "reasons": reasons, "gain_per_seed": gain, "gain_mean": statistics.fmean(gain),
+            "control_gap_per_seed": gap, "control_gap_mean": statistics.fmean(gap)}
+
+
+def shuffle_pairs_within_class(src: Path, dst: Path, classes: list[str], seed: int) -> Path:
+    """A copy of a synthetic dataset where, in each of `classes`, photo files are renamed along a random cycle:
+    every sketch then names another photo of its class as its pair (no true pair is left)."""
+    shutil.copytree(src, dst)
+    rng = random.Random(seed)
+    for name in classes:
+        folder = dst / "photo" / name
+        files = sorted(folder.iterdir())
+        order = files[:]
+        rng.shuffle(order)
+        temp = [f.with_name(f"tmp_{i}{f.suffix}") for i, f in enumerate(order)]
+        for f, t in zip(order, temp, strict=True):
+            f.rename(t)
+        for i, t in enumerate(temp):  # photo order[i] takes the name of order[i + 1]: a cycle, no fixed point
+            t.rename(order[(i + 1) % len(order)])
+    return dst
+
+
+def fg_data(true_root: Path, shuffled_root: Path, cfg: Any, data: dict[str, int]) -> Any:
+    """Write the check's synthetic data (FG_DATA) and its copy with the seen classes' pairs shuffled; the split."""
+    from train.splits import split_from_config
+    from train.synthetic import generate
+
+    if not true_root.exists():
+        generate(true_root, photos_per_class=data["photos_per_class"], sketches_per_photo=data["sketches_per_photo"],
+                 size=data["size"], seed=data["seed"])
+    split = split_from_config(cfg)
+    if not shuffled_root.exists():
+        shuffle_pairs_within_class(true_root, shuffled_root, split.train.classes, seed=12345)
+    return split
+
+
+def _fg_train_cmd(config: Path, data_root: Path, out: Path, pretrained: str, seed: int, steps: int,
+                  extra: tuple[str, ...]) -> list[str]:
+    return [sys.executable, str(Path(__file__).resolve().parent / "fit.py"), "--config", str(config),
+            f"pretrained={pretrained}", f"data_root={data_root}", f"out_dir={out}", f"seed={seed}",
+            f"max_steps={steps}", f"checkpoint_every={steps}", "keep_checkpoints=1", "progress=false",
+            "generate_synthetic=false", "log_every=10", *extra]
+
+
+def fg_train_runs(config: Path, out_root: Path, pretrained: str, seeds: list[int], steps: int, jobs: int,
+                  overrides: tuple[str, ...]) -> tuple[dict[tuple[str, int], float], float]:
+    """Train every (arm, seed) of the trained arms with train/fit.py, each in its own process with
+    OMP_NUM_THREADS=1, `jobs` at a time. Returns the seconds of each run and the wall time of all."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    runs = [(arm, seed) for arm in FG_ARMS[1:] for seed in seeds]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    env.pop("ACCELERATE_USE_CPU", None)
+
+    def train(run: tuple[str, int]) -> float:
+        arm, seed = run
+        root = out_root / ("data_shuffled" if arm == "shuffled" else "data")
+        cmd = _fg_train_cmd(config, root, out_root / f"{arm}_seed{seed}", pretrained, seed, steps,
+                            (*overrides, *FG_ARM_OVERRIDES[arm]))
+        start = time.perf_counter()
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"training run {arm} seed {seed} failed:\n{done.stderr[-3000:]}")
+        return time.perf_counter() - start
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        seconds = dict(zip(runs, pool.map(train, runs), strict=True))
+    return seconds, time.perf_counter() - start
+
+
+def fg_check(out_root: Path, pretrained: str, seeds: list[int], steps: int = FG_STEPS, jobs: int = 2,
+             overrides: tuple[str, ...] = (), data: dict[str, int] | None = None) -> dict[str, Any]:
+    """Arms x seeds on train/configs/tiny_fine_grained.yaml over a bigger synthetic set (FG_DATA), each
+    training run in its own process with one torch thread (`jobs` at a time); every model is evaluated here
+    on the same unseen queries and gallery (train/eval.py's `evaluate`). Returns rows, per-arm Acc@1 lists
+    and fg_verdict's result."""
+    from accelerate import Accelerator
+
+    from train.config import load_config
+    from train.eval import eval_loaders, evaluate
+    from train.transforms import eval_transform
+    from zsdemo.model.prompts import read_checkpoint
+
+    config = Path(__file__).resolve().parent / "configs" / "tiny_fine_grained.yaml"
+    data = {**FG_DATA, **(data or {})}
+    true_root, shuffled_root = out_root / "data", out_root / "data_shuffled"
+    cfg = load_config(config, [f"pretrained={pretrained}", f"data_root={true_root}", *overrides])
+    split = fg_data(true_root, shuffled_root, cfg, data)
+    accelerator = Accelerator(cpu=True)
+
+    def acc(spec: Any, state: dict[str, torch.Tensor] | None, seed: int) -> dict[str, float]:
+        clip, step_model = build_model(cfg.model, cfg.pretrained, spec, seed=seed)
+        if state is not None:
+            step_model.prompted.load_learned_state(state)
+        s_dl, p_dl, queries = eval_loaders(split.test, eval_transform(clip), cfg.eval_batch_size, 0, 0, cfg.sketch_mode)
+        result = evaluate(accelerator, step_model.prompted, split.test, s_dl, p_dl, queries, cfg)
+        return {"queries": result["n_queries"], **{f"{g} {k}": result[f"metrics_{g}_gallery"][k]
+                                                     for g in ("unseen", "category") for k in ("Acc@1", "Acc@5")}}
+
+    frozen = acc(spec_for("fine_grained", n_prompts=0, layernorm=False), None, cfg.seed)
+    seconds, train_wall = fg_train_runs(config, out_root, pretrained, seeds, steps, jobs, overrides)
+    ckpt_spec = spec_for("fine_grained", cfg.n_prompts, cfg.deep, cfg.layernorm)
+    rows: list[dict[str, Any]] = [{"arm": "frozen", "seed": None, **frozen}]
+    for seed in seeds:
+        rows.append({"arm": "step0", "seed": seed, **acc(ckpt_spec, None, seed)})
+        for arm in FG_ARMS[1:]:
+            out = out_root / f"{arm}_seed{seed}"
+            ckpt = read_checkpoint(out / "prompts.safetensors")
+            records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+            last = [r for r in records if "loss" in r][-1]
+            rows.append({"arm": arm, "seed": seed, "train_seconds": seconds[(arm, seed)],
+                         "last_hard_triplet": last["hard_triplet"], "last_patch_shuffle": last["patch_shuffle"],
+                         **acc(ckpt.spec, ckpt.state, seed)})
+    arms = {arm: [r["unseen Acc@1"] for r in rows if r["arm"] == arm] for arm in FG_ARMS}
+    return {"config": str(config), "pretrained": pretrained, "steps": steps, "seeds": seeds, "data": data,
+            "overrides": list(overrides), "train_wall_seconds": train_wall, "rows": rows, "arms": arms,
+            "frozen_acc1": frozen["unseen Acc@1"], "verdict": fg_verdict(frozen["unseen Acc@1"], arms)}
+
+
+def fg_last_line(r: dict[str, Any]) -> str:
+    """`fg_check=pass|fail` and the figures as JSON: the machine-readable last line."""
+    v = r["verdict"]
+    means = {arm: round(statistics.fmean(values), 2) for arm, values in r["arms"].items()}
+    figures = {"frozen": round(r["frozen_acc1"], 2), **means, "per_seed": {k: [round(x, 2) for x in vs] for k, vs in r["arms"].items()},
+               "gain_mean": round(v["gain_mean"], 2), "control_gap_per_seed": [round(x, 2) for x in v["control_gap_per_seed"]],
+               "seeds": len(r["seeds"]), "queries": r["rows"][0]["queries"], "steps": r["steps"], "reasons": v["reasons"]}
+    return f"fg_check={'pass' if v['passed'] else 'fail'} {json.dumps(figures)}"
+
+
+def print_fg_check(r: dict[str, Any]) -> None:
+    print(f"\n## Fine-grained learning check (instance-aware tiny backbone {r['pretrained']}; {r['steps']} prompt steps; "
+          f"{r['rows'][0]['queries']} unseen queries; training wall {r['train_wall_seconds']:.0f} s)")
+    print("| arm | seed | unseen-gallery Acc@1 | Acc@5 | own-class Acc@1 | last hard triplet | last patch shuffle |")
+    print("|---|---|---|---|---|---|---|")
+    for row in r["rows"]:
+        label = FG_ARM_LABELS.get(row["arm"], "frozen backbone, no prompts (gate)")
+        tri = f"{row['last_hard_triplet']:.3f}" if "last_hard_triplet" in row else "-"
+        ps = f"{row['last_patch_shuffle']:.3f}" if "last_patch_shuffle" in row else "-"
+        print(f"| {label} | {row['seed'] if row['seed'] is not None else '-'} | {row['unseen Acc@1']:.1f} | "
+              f"{row['unseen Acc@5']:.1f} | {row['category Acc@1']:.1f} | {tri} | {ps} |")
+    v = r["verdict"]
+    print(f"\n(b)-(a) per seed {[round(g, 1) for g in v['gain_per_seed']]} (mean {v['gain_mean']:.1f}); "
+          f"(b)-(c) per seed {[round(g, 1) for g in v['control_gap_per_seed']]}")
+    for reason in v["reasons"]:
+        print(f"FAIL: {reason}")
+
+
 def load_tiny_log_every() -> int:
     from train.config import load_config
 
     return load_config(Path(__file__).resolve().parent / "configs" / "tiny.yaml").log_every
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Training throughput (ours vs naive text re-encoding) and a learning check.")
-    parser.add_argument("--model", default="ViT-B-32-quickgelu")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=3, help="timed steps of each kind (after one warm-up step)")
     parser.add_argument("--classes", type=int, default=104, help="text classes (Sketchy-ext seen classes)")
@@ -236,61 +423,105 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
     parser.add_argument("--fg-overrides", nargs="*", default=["epochs=30"],
                         help="key=value overrides of train/configs/tiny_fine_grained.yaml (default: %(default)s)")
+    parser.add_argument("--fg-check", action="store_true",
+                        help="the fine-grained check that passes or fails: arms (a)-(d) x seeds on an instance-aware "
+                             "tiny backbone, run alone; last line fg_check=pass|fail {figures}")
+    parser.add_argument("--fg-steps", type=int, default=FG_STEPS, help="prompt-training steps per run of --fg-check")
+    parser.add_argument("--jobs", type=int, default=2, help="--fg-check training processes at a time (1 thread each)")
     parser.add_argument("--output", default="", help="write the results as JSON here")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def run_throughput(args: argparse.Namespace, precision: str) -> dict[str, Any]:
+    r = throughput(args.model, args.batch_size, args.steps, args.classes, precision, args.device)
+    print(f"\n## Training throughput: {r['model']} ({r['weights']}), batch {r['batch_size']} "
+          f"({r['images_per_step']} images/step), {r['device']} {r['precision']}, {r['threads']} threads")
+    print("| step | s/step (min) | s/step (median) | samples/s (min time) |\n|---|---|---|---|")
+    print(f"| ours: text embeddings once per run | {min(r['step_s_ours']):.2f} | {statistics.median(r['step_s_ours']):.2f} "
+          f"| {r['samples_per_s_ours']:.2f} |")
+    print(f"| naive: re-encode {r['text_classes']} class texts every step | {min(r['step_s_naive']):.2f} "
+          f"| {statistics.median(r['step_s_naive']):.2f} | {r['samples_per_s_naive']:.2f} |")
+    print(f"\nspeed-up vs naive: {r['speedup_vs_naive']:.2f}x on min step times ({r['speedup_vs_naive_median']:.2f}x on medians); "
+          f"text encoding alone {min(r['text_encode_s']):.2f} s -> {r['speedup_from_text_cost']:.2f}x expected. "
+          "Samples = triplets; data loading not included.")
+    return r
+
+
+def run_learning(args: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        pre: dict[str, Any] = {"seconds": 0.0}
+        weights = args.pretrained_tiny
+        if not weights:
+            from train.pretrain_tiny import pretrain
+
+            weights = str(Path(tmp) / "tiny_pretrained.safetensors")
+            pre = pretrain(weights, steps=args.pretrain_steps)
+        r = learning_check(Path(tmp) / "tiny", args.learning_overrides, weights)
+    r["pretrain"] = {k: v for k, v in pre.items() if k in ("seconds", "train_acc", "heldout_acc")}
+    if "losses" in pre:
+        r["pretrain"].update(loss_first=pre["losses"][0], loss_last=sum(pre["losses"][-50:]) / 50, steps=len(pre["losses"]))
+    source = (f"pretrained here: {r['pretrain']['steps']} steps in {pre['seconds']:.0f} s, photo zero-shot accuracy "
+              f"{pre['train_acc']:.3f} on its pool, {pre['heldout_acc']:.3f} held out" if "steps" in r["pretrain"]
+              else f"weights {weights}")
+    print(f"\n## Learning check: tiny ViT pretrained on synthetic photos ({source}); "
+          f"prompt learning {r['train_seconds']:.0f} s ({' '.join(r['overrides']) or 'tiny.yaml as is'})")
+    print("| model | unseen mAP@all | seen mAP@all |\n|---|---|---|")
+    for label, row in r["rows"].items():
+        print(f"| {label} | {row['unseen mAP@all']:.3f} | {row['seen mAP@all']:.3f} |")
+    print(f"\ntraining loss (logged every {load_tiny_log_every()} steps): first {r['train_loss_first']:.4f}, "
+          f"last {r['train_loss_last']:.4f}")
+    return r
+
+
+def run_fine_grained(args: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = args.pretrained_tiny
+        if not weights:
+            from train.pretrain_tiny import pretrain
+
+            weights = str(Path(tmp) / "tiny_pretrained.safetensors")
+            pretrain(weights, steps=args.pretrain_steps)
+        r = fine_grained_check(Path(tmp) / "fg", weights, args.delta_taus, args.seeds, args.fg_overrides)
+    print_fine_grained(r)
+    return r
+
+
+def run_fg_check(args: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        weights, pre = args.pretrained_tiny, {}
+        if not weights:
+            from train.pretrain_tiny import pretrain
+
+            weights = str(Path(tmp) / "tiny_instance.safetensors")
+            pre = pretrain(weights, **FG_PRETRAIN)
+            print(f"instance-aware pretraining {FG_PRETRAIN}: {pre['seconds']:.0f} s, photo zero-shot accuracy "
+                  f"{pre['train_acc']:.3f} on its pool, {pre['heldout_acc']:.3f} held out", flush=True)
+        r = fg_check(Path(tmp) / "fgc", weights, args.seeds, args.fg_steps, args.jobs)
+    r["pretrain"] = {"recipe": FG_PRETRAIN if pre else "given", **{k: pre[k] for k in ("seconds", "train_acc", "heldout_acc") if k in pre}}
+    print_fg_check(r)
+    return r
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    if args.fg_check:  # runs alone
+        args.skip_throughput = args.skip_learning = True
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    set_cpu_threads(torch.device(args.device).type, 1)  # OMP_NUM_THREADS when set
     precision = args.precision or ("bf16" if args.device.startswith("cuda") else "fp32")
     results: dict[str, Any] = {}
     if not args.skip_throughput:
-        r = throughput(args.model, args.batch_size, args.steps, args.classes, precision, args.device)
-        results["throughput"] = r
-        print(f"\n## Training throughput: {r['model']} ({r['weights']}), batch {r['batch_size']} "
-              f"({r['images_per_step']} images/step), {r['device']} {r['precision']}, {r['threads']} threads")
-        print("| step | s/step (min) | s/step (median) | samples/s (min time) |\n|---|---|---|---|")
-        print(f"| ours: text embeddings once per run | {min(r['step_s_ours']):.2f} | {statistics.median(r['step_s_ours']):.2f} "
-              f"| {r['samples_per_s_ours']:.2f} |")
-        print(f"| naive: re-encode {r['text_classes']} class texts every step | {min(r['step_s_naive']):.2f} "
-              f"| {statistics.median(r['step_s_naive']):.2f} | {r['samples_per_s_naive']:.2f} |")
-        print(f"\nspeed-up vs naive: {r['speedup_vs_naive']:.2f}x on min step times ({r['speedup_vs_naive_median']:.2f}x on medians); "
-              f"text encoding alone {min(r['text_encode_s']):.2f} s -> {r['speedup_from_text_cost']:.2f}x expected. "
-              "Samples = triplets; data loading not included.")
+        results["throughput"] = run_throughput(args, precision)
     if not args.skip_learning:
-        with tempfile.TemporaryDirectory() as tmp:
-            pre: dict[str, Any] = {"seconds": 0.0}
-            weights = args.pretrained_tiny
-            if not weights:
-                from train.pretrain_tiny import pretrain
-
-                weights = str(Path(tmp) / "tiny_pretrained.safetensors")
-                pre = pretrain(weights, steps=args.pretrain_steps)
-            r = learning_check(Path(tmp) / "tiny", args.learning_overrides, weights)
-        r["pretrain"] = {k: v for k, v in pre.items() if k in ("seconds", "train_acc", "heldout_acc")}
-        if "losses" in pre:
-            r["pretrain"].update(loss_first=pre["losses"][0], loss_last=sum(pre["losses"][-50:]) / 50, steps=len(pre["losses"]))
-        results["learning"] = r
-        source = (f"pretrained here: {r['pretrain']['steps']} steps in {pre['seconds']:.0f} s, photo zero-shot accuracy "
-                  f"{pre['train_acc']:.3f} on its pool, {pre['heldout_acc']:.3f} held out" if "steps" in r["pretrain"]
-                  else f"weights {weights}")
-        print(f"\n## Learning check: tiny ViT pretrained on synthetic photos ({source}); "
-              f"prompt learning {r['train_seconds']:.0f} s ({' '.join(r['overrides']) or 'tiny.yaml as is'})")
-        print("| model | unseen mAP@all | seen mAP@all |\n|---|---|---|")
-        for label, row in r["rows"].items():
-            print(f"| {label} | {row['unseen mAP@all']:.3f} | {row['seen mAP@all']:.3f} |")
-        print(f"\ntraining loss (logged every {load_tiny_log_every()} steps): first {r['train_loss_first']:.4f}, "
-              f"last {r['train_loss_last']:.4f}")
+        results["learning"] = run_learning(args)
     if args.fine_grained:
-        with tempfile.TemporaryDirectory() as tmp:
-            weights = args.pretrained_tiny
-            if not weights:
-                from train.pretrain_tiny import pretrain
-
-                weights = str(Path(tmp) / "tiny_pretrained.safetensors")
-                pretrain(weights, steps=args.pretrain_steps)
-            results["fine_grained"] = fine_grained_check(Path(tmp) / "fg", weights, args.delta_taus, args.seeds,
-                                                         args.fg_overrides)
-        print_fine_grained(results["fine_grained"])
+        results["fine_grained"] = run_fine_grained(args)
+    if args.fg_check:
+        results["fg_check"] = run_fg_check(args)
     if args.output:
-        Path(args.output).write_text(json.dumps(results, indent=2))
+        Path(args.output).write_text(json.dumps(results, indent=2, default=str))
+    if args.fg_check:
+        print(fg_last_line(results["fg_check"]), flush=True)
     return results
 
 
