@@ -156,24 +156,9 @@ def build_split(data_root: str | Path, sketch_dir: str, photo_dir: str | Sequenc
     if expected_counts and (len(seen_classes), len(unseen_classes)) != expected_counts:
         log.warning("Expected %d seen / %d unseen classes for this benchmark, found %d / %d in %s.",
                     *expected_counts, len(seen_classes), len(unseen_classes), root)
-    parts = []
     unpaired: list[str] = []
-    for classes in (seen_classes, unseen_classes):
-        part = Part(classes=list(classes))
-        for label, name in enumerate(classes):
-            stems: dict[str, int] = {}
-            for p in photos[name]:
-                stems.setdefault(p.stem, len(part.photos))
-                part.photos.append(p)
-                part.photo_labels.append(label)
-            for s in sketches[name]:
-                pair = stems.get(pair_stem(s), -1)
-                if paired and pair < 0:
-                    unpaired.append(f"{name}/{s.name}")
-                part.sketches.append(s)
-                part.sketch_labels.append(label)
-                part.sketch_pairs.append(pair)
-        parts.append(part)
+    parts = [_make_part(classes, sketches, photos, unpaired if paired else None)
+             for classes in (seen_classes, unseen_classes)]
     if unpaired:
         raise DataError(f"{len(unpaired)} sketch(es) have no paired photo (expected <photo-stem>-<n>.png beside "
                         f"<photo-stem>.jpg): {', '.join(unpaired[:10])}.")
@@ -181,6 +166,27 @@ def build_split(data_root: str | Path, sketch_dir: str, photo_dir: str | Sequenc
              len(seen_classes), len(parts[0].sketches), len(parts[0].photos),
              len(unseen_classes), len(parts[1].sketches), len(parts[1].photos))
     return Split(train=parts[0], test=parts[1])
+
+
+def _make_part(classes: list[str], sketches: dict[str, list[Path]], photos: dict[str, list[Path]],
+               unpaired: list[str] | None) -> Part:
+    """The Part of `classes`: photos, then sketches with their pair (index into photos, -1 when none; the
+    first photo with a stem wins). Unpaired sketches are appended to `unpaired` when it is given."""
+    part = Part(classes=list(classes))
+    for label, name in enumerate(classes):
+        stems: dict[str, int] = {}
+        for p in photos[name]:
+            stems.setdefault(p.stem, len(part.photos))
+            part.photos.append(p)
+            part.photo_labels.append(label)
+        for s in sketches[name]:
+            pair = stems.get(pair_stem(s), -1)
+            if unpaired is not None and pair < 0:
+                unpaired.append(f"{name}/{s.name}")
+            part.sketches.append(s)
+            part.sketch_labels.append(label)
+            part.sketch_pairs.append(pair)
+    return part
 
 
 def split_from_config(cfg: Any, check_sampler: bool = True) -> Split:
