@@ -32,7 +32,7 @@ def load_prompts(path: Path) -> dict[str, torch.Tensor]:
     return read_checkpoint(path).state
 
 
-def test_fit_in_process_category(tmp_path, synth, monkeypatch):
+def test_fit_in_process_category(tmp_path, synth, monkeypatch, capsys):
     from train import fit
 
     calls = []
@@ -42,6 +42,9 @@ def test_fit_in_process_category(tmp_path, synth, monkeypatch):
     result = fit.main(["--config", str(TINY), f"data_root={synth}", f"out_dir={out}", "max_steps=6",
                        "checkpoint_every=3", "log_every=2", "eval_every=3", "progress=false"])
     assert len(calls) == 1  # class text embeddings: once per run, not per step
+    printed = capsys.readouterr().out
+    assert f"prompts written to {out / 'prompts.safetensors'}" in printed
+    assert f"serve them: python app.py --prompts {out / 'prompts.safetensors'} --model zsdemo-tiny-vit" in printed
     records = read_jsonl(out / "metrics.jsonl")
     train_records = [r for r in records if "loss" in r]
     assert [r["step"] for r in train_records] == [2, 4, 6]
@@ -262,3 +265,46 @@ def test_bf16_and_gradient_accumulation(tmp_path, synth):
     records = [r for r in read_jsonl(out / "metrics.jsonl") if "loss" in r]
     assert [r["step"] for r in records] == [1, 2, 3] and all(math.isfinite(r["loss"]) for r in records)
     assert read_checkpoint(out / "prompts.safetensors").state["prompts.sketch"].dtype == torch.float32
+
+
+def test_serve_command_names_the_setting_flag_and_a_non_default_backbone(tmp_path):
+    from train.config import load_config
+    from train.fit import serve_command
+
+    out = tmp_path / "run"
+    assert serve_command(load_config(TINY, [f"out_dir={out}"])) == \
+        f"python app.py --prompts {out / 'prompts.safetensors'} --model zsdemo-tiny-vit --pretrained none"
+    assert serve_command(load_config(TINY_FG, [f"out_dir={out}"])).startswith(
+        f"python app.py --fine-grained-prompts {out / 'prompts.safetensors'} --model zsdemo-tiny-vit")
+    default = load_config(None, [f"out_dir={out}"])  # ViT-B/32, OpenAI weights: the app's own defaults
+    assert serve_command(default) == f"python app.py --prompts {out / 'prompts.safetensors'}"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config", "no/such.yaml"], r"^fit.py: config file no/such.yaml not found"),
+    (["--config", str(TINY), "lr_prmpt=0.1"], r"^fit.py: Unknown config keys: 'lr_prmpt' \(did you mean 'lr_prompt'\?\)"),
+    (["--config", str(TINY), "batch_size=many"], r"^fit.py: batch_size: expected int, got 'many'$"),
+])
+def test_config_mistakes_end_the_run_with_one_line(args, message):
+    from train import fit
+
+    with pytest.raises(SystemExit, match=message) as exc:
+        fit.main(args)
+    assert "\n" not in str(exc.value.code)
+
+
+def test_cpu_threads_follow_omp_num_threads_or_split_the_cores(monkeypatch):
+    import os
+
+    from train.runtime import set_cpu_threads
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        assert set_cpu_threads("cpu", 1) == 1 and torch.get_num_threads() == 1
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        expected = max(1, (os.cpu_count() or 1) // 2)
+        assert set_cpu_threads("cpu", 2) == expected == torch.get_num_threads()
+        assert set_cpu_threads("cuda", 2) == 0 and torch.get_num_threads() == expected  # a GPU run is left alone
+    finally:
+        torch.set_num_threads(before)
