@@ -83,15 +83,23 @@ class PromptedViT(nn.Module):
 
     def forward(self, images: torch.Tensor, modality: str) -> torch.Tensor:
         """Images (B,3,H,W), normalised -> L2-normalised embeddings (B, D)."""
+        pooled, _ = self._run(images, modality, with_tokens=False)
+        return F.normalize(pooled.float(), dim=-1)
+
+    def forward_with_tokens(self, images: torch.Tensor, modality: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images -> (L2-normalised embeddings (B, D), the patch tokens projected like them (B, N, D)): what a
+        similarity map of a photo needs. The embeddings equal `forward`'s."""
+        pooled, tokens = self._run(images, modality, with_tokens=True)
+        return F.normalize(pooled.float(), dim=-1), tokens.float()
+
+    def _run(self, images: torch.Tensor, modality: str, with_tokens: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         branch = self.spec.branch_for(modality)
         prompt = self.prompts.get(branch)
+        runner = _PromptedRunner(self.visual, self.spec.deep, with_tokens)
         if branch in self.layernorms:
             overrides = {f"visual.{key.replace('__', '.')}": value for key, value in self.layernorms[branch].items()}
-            runner = _PromptedRunner(self.visual, self.spec.deep)
-            features = functional_call(runner, overrides, (images, prompt))
-        else:
-            features = prompted_forward(self.visual, images, prompt, self.spec.deep)
-        return F.normalize(features.float(), dim=-1)
+            return functional_call(runner, overrides, (images, prompt))
+        return runner(images, prompt)
 
     # ---- checkpoint state -------------------------------------------------------------
     def learned_state(self) -> dict[str, torch.Tensor]:
@@ -123,18 +131,22 @@ class PromptedViT(nn.Module):
 class _PromptedRunner(nn.Module):
     """Thin module so functional_call can swap in per-branch LayerNorm parameters."""
 
-    def __init__(self, visual: nn.Module, deep: bool) -> None:
+    def __init__(self, visual: nn.Module, deep: bool, with_tokens: bool = False) -> None:
         super().__init__()
         self.visual = visual
         self.deep = deep
+        self.with_tokens = with_tokens
 
-    def forward(self, images: torch.Tensor, prompt: torch.Tensor | None) -> torch.Tensor:
-        return prompted_forward(self.visual, images, prompt, self.deep)
+    def forward(self, images: torch.Tensor, prompt: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return prompted_tokens(self.visual, images, prompt, self.deep, self.with_tokens)
 
 
-def prompted_forward(visual: nn.Module, images: torch.Tensor, prompt: torch.Tensor | None, deep: bool) -> torch.Tensor:
-    """open_clip VisionTransformer.forward with prompt tokens; identical to it when prompt is None."""
-    x = visual._embeds(images)
+def prompted_tokens(visual: nn.Module, images: torch.Tensor, prompt: torch.Tensor | None, deep: bool,
+                    with_tokens: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """open_clip VisionTransformer.forward with prompt tokens (identical to it when prompt is None): the pooled
+    embedding and, `with_tokens`, the patch tokens through the same ln_post and projection.
+    Uses open_clip's own `_embeds` / `_pool` (the pieces of its forward), so the prompted path follows it."""
+    x = visual._embeds(images)  # noqa: SLF001 (open_clip's forward, in two pieces)
     if prompt is None:
         x = visual.transformer(x)
     else:
@@ -145,10 +157,20 @@ def prompted_forward(visual: nn.Module, images: torch.Tensor, prompt: torch.Tens
                 x = torch.cat([x[:, :1], prompt[i].to(x.dtype).expand(batch, -1, -1), x[:, 1 + n_prompts:]], dim=1)
             x = block(x)
         x = torch.cat([x[:, :1], x[:, 1 + n_prompts:]], dim=1)
-    pooled, _ = visual._pool(x)
+    pooled, tokens = visual._pool(x)  # noqa: SLF001
+    if not with_tokens:
+        tokens = None
+    elif getattr(visual, "final_ln_after_pool", False):
+        tokens = visual.ln_post(tokens)  # the [CLS] got ln_post after pooling: treat the patches alike
     if visual.proj is not None:
         pooled = pooled @ visual.proj
-    return pooled
+        tokens = None if tokens is None else tokens @ visual.proj
+    return pooled, tokens
+
+
+def prompted_forward(visual: nn.Module, images: torch.Tensor, prompt: torch.Tensor | None, deep: bool) -> torch.Tensor:
+    """open_clip VisionTransformer.forward with prompt tokens; identical to it when prompt is None."""
+    return prompted_tokens(visual, images, prompt, deep, with_tokens=False)[0]
 
 
 # ---- checkpoint file ---------------------------------------------------------------------

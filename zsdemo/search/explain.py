@@ -18,15 +18,13 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch import nn
-from torch.func import functional_call
 
+from zsdemo.model.encoder import SketchPhotoEncoder
 from zsdemo.model.prompts import PromptedViT
 
 log = logging.getLogger(__name__)
@@ -110,36 +108,7 @@ def overlay(photo: Image.Image, grid: np.ndarray, box: tuple[int, int, int, int]
 
 
 # ---- running the model ------------------------------------------------------------------------
-class _TokenRunner(nn.Module):
-    """The photo branch up to the patch tokens; a module so functional_call can swap branch LayerNorms."""
-
-    def __init__(self, visual: nn.Module, deep: bool) -> None:
-        super().__init__()
-        self.visual = visual
-        self.deep = deep
-
-    def forward(self, images: torch.Tensor, prompt: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        visual = self.visual
-        x = visual._embeds(images)
-        if prompt is None:
-            x = visual.transformer(x)
-        else:
-            batch, n = x.shape[0], prompt.shape[1]
-            x = torch.cat([x[:, :1], prompt[0].to(x.dtype).expand(batch, -1, -1), x[:, 1:]], dim=1)
-            for i, block in enumerate(visual.transformer.resblocks):
-                if self.deep and i > 0:
-                    x = torch.cat([x[:, :1], prompt[i].to(x.dtype).expand(batch, -1, -1), x[:, 1 + n:]], dim=1)
-                x = block(x)
-            x = torch.cat([x[:, :1], x[:, 1 + n:]], dim=1)
-        pooled, tokens = visual._pool(x)
-        if getattr(visual, "final_ln_after_pool", False):
-            tokens = visual.ln_post(tokens)  # the [CLS] got ln_post after pooling: treat the patches alike
-        if visual.proj is not None:
-            pooled, tokens = pooled @ visual.proj, tokens @ visual.proj
-        return pooled, tokens
-
-
-def resize_mode_of(encoder: Any) -> str:
+def resize_mode_of(encoder: SketchPhotoEncoder) -> str:
     """How the encoder's transform fits a photo into its square input (open_clip preprocess config)."""
     import open_clip
 
@@ -155,18 +124,10 @@ def photo_patch_tokens(prompted: PromptedViT, images: torch.Tensor,
     """Normalised images (B,3,H,W) -> (L2-normalised [CLS] embeddings (B, D), patch tokens (B, N, D)), through
     the branch `modality` uses (the shared prompt for a fine-grained checkpoint). The [CLS] output equals
     `prompted(images, modality)`."""
-    branch = prompted.spec.branch_for(modality)
-    prompt = prompted.prompts.get(branch)
-    runner = _TokenRunner(prompted.visual, prompted.spec.deep)
-    if branch in prompted.layernorms:
-        overrides = {f"visual.{key.replace('__', '.')}": value for key, value in prompted.layernorms[branch].items()}
-        pooled, tokens = functional_call(runner, overrides, (images, prompt))
-    else:
-        pooled, tokens = runner(images, prompt)
-    return F.normalize(pooled.float(), dim=-1), tokens.float()
+    return prompted.forward_with_tokens(images, modality)
 
 
-def explain_photo(encoder: Any, photo: Image.Image, sketch_vector: np.ndarray,
+def explain_photo(encoder: SketchPhotoEncoder, photo: Image.Image, sketch_vector: np.ndarray,
                   max_side: int | None = None) -> Explanation:
     """The similarity map of `photo` (PIL) for a sketch embedding, over the photo (optionally shrunk so its long
     side is at most `max_side`; the map is computed on the model's own view either way)."""
