@@ -39,6 +39,8 @@ from PIL import Image
 from zsdemo.config import ServeConfig, is_random_weights, resolve_hub_file, resolve_serve_config
 from zsdemo.errors import ZsdemoError
 from zsdemo.limits import (
+    BRUSH_SIZE,
+    CANVAS_SIZE,
     DEFAULT_STROKE_LIMITS,
     Gate,
     RateLimiter,
@@ -55,8 +57,6 @@ from zsdemo.serve.weblog import quiet_dropped_connections
 
 log = logging.getLogger("zsdemo.app")
 
-CANVAS_SIZE = 448  # canvas pixels a side (what the strokes' coordinates are in)
-BRUSH_SIZE = 4
 SHOWN_PHOTO_SIDE = 384  # a clicked photo smaller than this is enlarged on the page, so its map can be read
 EMPTY_HINT = "✏️ Draw something (or upload a sketch): results appear after each stroke."
 
@@ -196,7 +196,7 @@ def banner_html(service: SearchService) -> str:
     if s.phase == "error":
         return f"<div class='zs-banner zs-error'>⚠️ {message_html(redact(s.message))}</div>"
     if s.phase != "ready":
-        return _progress_banner(loading_text(service) if s.phase == "loading" else s.message, s.done, s.total)
+        return _progress_banner(s.message, s.done, s.total)
     parts = []
     for name in service.modes[1:]:
         mode = service.mode(name)
@@ -208,14 +208,6 @@ def banner_html(service: SearchService) -> str:
             parts.append(_progress_banner(f"Preparing “{mode.label}” (the other mode works now): {m.message}",
                                           m.done, m.total))
     return "".join(parts)
-
-
-def loading_text(service: SearchService) -> str:
-    """The first mode's "loading" phase in the page's words: a download is mentioned only when one can happen."""
-    pretrained = service.config.pretrained
-    if is_random_weights(pretrained) or Path(pretrained).expanduser().is_file():
-        return "Loading the model…"
-    return "Loading the model (the first start may download its weights)…"
 
 
 # A server-side location in a message (an absolute or ~ path), except the placeholders advice uses (/path/to/...)

@@ -129,3 +129,34 @@ def test_unqueued_search_still_runs_at_most_concurrency_at_once(service, monkeyp
     for t in threads:
         t.join()
     assert peak[0] == service.config.concurrency
+
+
+def test_app_settings_come_from_the_cache_manifest(service, monkeypatch, tmp_path):
+    """flag > environment > the cache's manifest > default, as in the CLI (issue 16 item 2)."""
+    for name in ("ZSDEMO_MODEL", "ZSDEMO_PRETRAINED", "ZSDEMO_PROMPTS", "ZSDEMO_CACHE", "ZSDEMO_GALLERY"):
+        monkeypatch.delenv(name, raising=False)
+    cache = str(service.cache_dir)  # built with the tiny model and random weights
+    cfg = app.parse_args(["--cache", cache])
+    assert (cfg.model, cfg.pretrained) == (TINY_MODEL, "none")
+    monkeypatch.setenv("ZSDEMO_PRETRAINED", "from-env")
+    assert app.parse_args(["--cache", cache]).pretrained == "from-env"
+    assert app.parse_args(["--cache", cache, "--pretrained", "flag"]).pretrained == "flag"
+    monkeypatch.delenv("ZSDEMO_PRETRAINED")
+    fresh = app.parse_args(["--cache", str(tmp_path / "new")])
+    assert (fresh.model, fresh.pretrained) == (ServeConfig().model, ServeConfig().pretrained)
+
+
+def test_error_banner_shows_code_as_code_and_no_server_paths(service, tmp_path):
+    from zsdemo.serve.modes import Status
+
+    s = SearchService(ServeConfig(cache=str(tmp_path / "cache"), model=TINY_MODEL, pretrained="none"))
+    s.status = Status("error", f"The cache {tmp_path / 'cache'} does not record its folders: "
+                               f"`python -m zsdemo index PHOTO_DIR... --cache {tmp_path / 'cache'}`.\n"
+                               "Weights are not in the Hugging Face cache (/srv/hf/hub); pass "
+                               "--pretrained /path/to/open_clip_model.safetensors.")
+    banner = app.banner_html(s)
+    assert "`" not in banner and "<code>python -m zsdemo index PHOTO_DIR... --cache the cache folder</code>" in banner
+    assert str(tmp_path) not in banner and "/srv/hf" not in banner and "a folder on the server" in banner
+    assert "/path/to/open_clip_model.safetensors" in banner and "<br>" in banner  # advice and line breaks kept
+    assert app.warning_html(s) and "Random weights" in app.warning_html(s)
+    assert app.warning_html(SearchService(ServeConfig(cache=str(tmp_path / "c2")))) == ""

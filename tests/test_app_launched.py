@@ -171,3 +171,42 @@ def test_python_app_py_with_flags_and_environment(tmp_path):
             time.sleep(0.5)
         assert sorted(item["caption"].split(" · ")[1] for item in gallery) == ["cats/cat0.jpg", "cats/cat1.jpg", "cats/cat2.jpg"]
         assert (tmp_path / "cache" / "CURRENT").is_file()
+
+
+def test_python_app_py_serves_a_cache_with_the_model_it_was_built_with(tmp_path):
+    """Issue 16 item 2: `python -m zsdemo index ... --model M --pretrained none`, then `python app.py --cache DIR` with
+    no model flag or variable: the app takes model and weights from the cache's manifest (flag > environment > the
+    cache's manifest > default) and serves the cache as built, re-encoding nothing. With the defaults (OpenAI
+    weights, not downloadable here) it could not start at all."""
+    import subprocess
+    import sys
+    import time
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, colour in enumerate(["red", "green", "blue"]):
+        Image.new("RGB", (64, 48), colour).save(photos / f"p{i}.jpg")
+    cache = tmp_path / "cache"
+    env = {key: value for key, value in os.environ.items() if key not in ("ZSDEMO_MODEL", "ZSDEMO_PRETRAINED")}
+    root = Path(app.__file__).resolve().parent
+    built = subprocess.run([sys.executable, "-m", "zsdemo", "index", str(photos), "--cache", str(cache), "--model",
+                            TINY_MODEL, "--pretrained", "none"], cwd=root, env={**env, "HF_HUB_OFFLINE": "1"},
+                           capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr[-3000:]
+    generation = (cache / "CURRENT").read_text().strip()
+    log = tmp_path / "server.log"
+    # "" = not set (zsdemo.config): running_app's own ZSDEMO_MODEL / ZSDEMO_PRETRAINED are switched off
+    with running_app(["--cache", str(cache)], {"ZSDEMO_MODEL": "", "ZSDEMO_PRETRAINED": ""}, log_file=log) as (
+            client, end):
+        sketch = canvas_value("circle")
+        while True:
+            gallery, _, status = client.predict(sketch, api_name="/search")
+            if gallery:
+                break
+            assert "Still preparing" in status and time.monotonic() < end, (status, log.read_text()[-3000:])
+            time.sleep(0.5)
+        assert sorted(item["caption"].split(" · ")[1] for item in gallery) == ["p0.jpg", "p1.jpg", "p2.jpg"]
+        assert "best of 3 photos" in status
+    text = log.read_text()
+    assert TINY_MODEL in text and "openai" not in text, text[-3000:]
+    assert (cache / "CURRENT").read_text().strip() == generation  # served as built: no new generation
