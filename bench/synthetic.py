@@ -18,9 +18,11 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-# The page's canvas (app.py: CANVAS_SIZE, BRUSH_SIZE): what its JavaScript sends after each stroke.
-PAGE_CANVAS = 448
-PAGE_BRUSH = 4
+from zsdemo.limits import BRUSH_SIZE, CANVAS_SIZE
+
+# The page's canvas (zsdemo.limits): what its JavaScript sends after each stroke.
+PAGE_CANVAS = CANVAS_SIZE
+PAGE_BRUSH = BRUSH_SIZE
 
 
 # ---- embedding-like vectors -------------------------------------------------------------------------

@@ -9,6 +9,8 @@ import tempfile
 import pytest
 from PIL import Image, ImageDraw
 
+from zsdemo.limits import CANVAS_SIZE
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 # exported query paths and remembered choices go to a folder of this run, not the user's ~/.cache
@@ -38,7 +40,7 @@ def draw_sketch(size: int = 256, shape: str = "line", offset: int = 0) -> Image.
     return image
 
 
-def canvas_value(shape: str = "line", offset: int = 0, size: int = 448) -> str:
+def canvas_value(shape: str = "line", offset: int = 0, size: int = CANVAS_SIZE) -> str:
     """What the page's canvas sends after a stroke: the strokes as JSON, in canvas pixels."""
     import json
     import math

@@ -43,6 +43,10 @@ class BusyError(ZsdemoError):
 
 
 # ---- strokes ----------------------------------------------------------------------------------------
+CANVAS_SIZE = 448  # the page's canvas, pixels a side: what its strokes' coordinates are in when none is given
+BRUSH_SIZE = 4  # the page's pen width in canvas pixels
+
+
 @dataclass(frozen=True)
 class StrokeLimits:
     """What a drawn-strokes value may hold (the page's canvas sends a few hundred points per sketch)."""
@@ -50,7 +54,7 @@ class StrokeLimits:
     max_chars: int = 400_000  # the JSON text
     max_points: int = 40_000
     max_side: int = 2048  # canvas width/height in pixels
-    max_brush: int = 16  # the page draws with 4; drawing cost grows with the width (a wider brush is clamped)
+    max_brush: int = 16  # the page draws with BRUSH_SIZE; drawing cost grows with the width (a wider brush is clamped)
     max_depth: int = 4  # {"strokes": [[x, y, ...]]} is 3 deep; one more level of slack
     max_digits: int = 12  # an integer literal longer than this is no canvas coordinate
 
@@ -100,31 +104,39 @@ def parse_strokes(value: Any, limits: StrokeLimits = DEFAULT_STROKE_LIMITS) -> S
     y1, ...], ...]}: finite numbers, x/y pairs, at most `max_points` points, coordinates within two canvases of
     the canvas (the PIL drawing clips them anyway; the bound keeps every number small)."""
     if isinstance(value, str):
-        if len(value) > limits.max_chars:
-            raise ImageError(f"The drawing is too large to read (over {limits.max_chars // 1000} KB of strokes).")
-        if json_depth(value) > limits.max_depth:
-            raise ImageError("The drawing could not be read (strokes nested too deeply).")
-
-        def parse_int(text: str) -> int:
-            if len(text.lstrip("-")) > limits.max_digits:
-                raise ImageError("The drawing could not be read (a number with too many digits).")
-            return int(text)
-
-        try:
-            value = json.loads(value, parse_int=parse_int, parse_constant=_refuse_constant)
-        except (ValueError, RecursionError):
-            raise ImageError("The drawing could not be read (malformed strokes).") from None
-        except RequestError as exc:
-            raise ImageError(str(exc)) from None
+        value = _decode_json(value, limits)
     if not isinstance(value, dict):
         raise ImageError("The drawing could not be read (expected an object with width, height and strokes).")
-    width = _whole(value.get("width", 448), "width", 8, limits.max_side)
-    height = _whole(value.get("height", 448), "height", 8, limits.max_side)
-    brush = value.get("brush", 4)
+    width = _whole(value.get("width", CANVAS_SIZE), "width", 8, limits.max_side)
+    height = _whole(value.get("height", CANVAS_SIZE), "height", 8, limits.max_side)
+    brush = value.get("brush", BRUSH_SIZE)
     if not _is_number(brush) or not math.isfinite(brush):
         raise ImageError("The drawing could not be read: brush must be a number.")
     brush = max(1, min(int(brush), limits.max_brush))
-    raw = value.get("strokes") or []
+    return Strokes(width, height, brush, _read_strokes(value.get("strokes") or [], limits))
+
+
+def _decode_json(text: str, limits: StrokeLimits) -> Any:
+    """JSON text -> its value, refusing what would cost the server (size, nesting, huge numbers, NaN)."""
+    if len(text) > limits.max_chars:
+        raise ImageError(f"The drawing is too large to read (over {limits.max_chars // 1000} KB of strokes).")
+    if json_depth(text) > limits.max_depth:
+        raise ImageError("The drawing could not be read (strokes nested too deeply).")
+
+    def parse_int(digits: str) -> int:
+        if len(digits.lstrip("-")) > limits.max_digits:
+            raise ImageError("The drawing could not be read (a number with too many digits).")
+        return int(digits)
+
+    try:
+        return json.loads(text, parse_int=parse_int, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError):
+        raise ImageError("The drawing could not be read (malformed strokes).") from None
+    except RequestError as exc:
+        raise ImageError(str(exc)) from None
+
+
+def _read_strokes(raw: Any, limits: StrokeLimits) -> list[list[float]]:
     if not isinstance(raw, list) or len(raw) > limits.max_points:
         raise ImageError("The drawing could not be read (strokes must be a list of at most "
                          f"{limits.max_points} strokes).")
@@ -142,7 +154,7 @@ def parse_strokes(value: Any, limits: StrokeLimits = DEFAULT_STROKE_LIMITS) -> S
             raise ImageError(f"The drawing could not be read (strokes must be lists of numbers: finite x, y "
                              f"within ±{bound} pixels).")
         strokes.append([float(c) for c in stroke])
-    return Strokes(width, height, brush, strokes)
+    return strokes
 
 
 # ---- the other search parameters --------------------------------------------------------------------

@@ -325,15 +325,18 @@ def stack(images: list[Image.Image], transform: Transform) -> torch.Tensor:
     return torch.stack([guarded(transform)(image) for image in images])
 
 
+class _Guarded:
+    """A transform whose failure on one image is an ImageError naming it (see `guarded`)."""
+
+    def __init__(self, transform: Transform, name: str) -> None:
+        self.__wrapped__ = transform
+        self.name = name
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        with image_guard(self.name):
+            return self.__wrapped__(image)
+
+
 def guarded(transform: Transform, name: str = "the image") -> Transform:
     """`transform` whose failure on one image (OverflowError from a resize, MemoryError, ...) is an ImageError."""
-    if getattr(transform, "_zsdemo_guarded", False):
-        return transform
-
-    def run(image: Image.Image) -> torch.Tensor:
-        with image_guard(name):
-            return transform(image)
-
-    run._zsdemo_guarded = True  # type: ignore[attr-defined]
-    run.__wrapped__ = transform  # type: ignore[attr-defined]
-    return run
+    return transform if isinstance(transform, _Guarded) else _Guarded(transform, name)

@@ -139,62 +139,79 @@ class EncodeRun:
         """Encode a stream of decoded photos, in batches, into shards. `items` yields (photo index in the run,
         (image-or-tensor, PhotoEntry) or SkippedFile) in order, for whole shards; a shard is written as soon
         as all its photos are accounted for, so memory holds one batch and the shards being filled."""
-        filling: dict[int, dict[str, Any]] = {}
+        filler = _ShardFiller(self, rank)
         batch: list[tuple[int, Any, PhotoEntry]] = []
-
-        def slot(shard: int) -> dict[str, Any]:
-            if shard not in filling:
-                filling[shard] = {"left": len(self.shard_photos(shard)), "rows": {}, "entries": {}, "skipped": []}
-            return filling[shard]
-
-        def settle(shard: int) -> None:
-            state = filling[shard]
-            if state["left"] == 0:
-                order = sorted(state["entries"])
-                rows = np.stack([state["rows"][i] for i in order]) if order else np.zeros((0, self.dim), np.float32)
-                self.write_shard(shard, rows, [state["entries"][i] for i in order], state["skipped"], rank)
-                del filling[shard]
+        total = total or len(self.photos)
 
         def flush() -> None:
             nonlocal done
-            if not batch:
-                return
-            touched = set()
-            for (index, _, entry), vector in zip(batch, _encode_each_or_skip(encode_batch, batch), strict=True):
-                shard = index // self.shard_size
-                state = slot(shard)
-                if isinstance(vector, SkippedFile):
-                    state["skipped"].append(vector)
-                else:
-                    state["rows"][index], state["entries"][index] = vector, entry
-                state["left"] -= 1
-                touched.add(shard)
-            done += len(batch)
-            batch.clear()
-            for shard in sorted(touched):
-                settle(shard)
-            if progress:
-                progress(done, total or len(self.photos), f"Indexed {done}/{total or len(self.photos)}")
+            if batch:
+                filler.add_batch(batch, _encode_each_or_skip(encode_batch, batch))
+                done += len(batch)
+                batch.clear()
+                if progress:
+                    progress(done, total, f"Indexed {done}/{total}")
 
         for index, item in items:
             if isinstance(item, SkippedFile):
-                state = slot(index // self.shard_size)
-                state["skipped"].append(item)
-                state["left"] -= 1  # photos waiting in the batch are still counted in "left"
-                if state["left"] == 0:
-                    settle(index // self.shard_size)
+                filler.add(index, item)
                 continue
             data, entry = item
             batch.append((index, data, entry))
             if len(batch) >= batch_size:
                 flush()
         flush()
-        for shard in sorted(filling):  # shards whose photos were all unreadable
-            settle(shard)
+        filler.settle_all()  # shards whose photos were all unreadable
 
     def encoded_log(self) -> list[str]:
         path = self.dir / "encoded.log"
         return path.read_text().splitlines() if path.is_file() else []
+
+
+class _ShardFiller:
+    """The shards of a run being filled: each photo's vector (or reason to skip it) is put in its shard, and a
+    shard is written the moment every one of its photos is accounted for."""
+
+    def __init__(self, run: EncodeRun, rank: int) -> None:
+        self.run, self.rank = run, rank
+        self.filling: dict[int, dict[str, Any]] = {}
+
+    def _slot(self, shard: int) -> dict[str, Any]:
+        if shard not in self.filling:
+            self.filling[shard] = {"left": len(self.run.shard_photos(shard)), "rows": {}, "entries": {}, "skipped": []}
+        return self.filling[shard]
+
+    def add(self, index: int, item: np.ndarray | SkippedFile, entry: PhotoEntry | None = None,
+            settle: bool = True) -> int:
+        """Account for photo `index` of the run (its vector and entry, or why it was skipped); its shard."""
+        shard = index // self.run.shard_size
+        state = self._slot(shard)
+        if isinstance(item, SkippedFile):
+            state["skipped"].append(item)
+        else:
+            state["rows"][index], state["entries"][index] = item, entry
+        state["left"] -= 1  # photos waiting in a batch are still counted in "left"
+        if settle:
+            self._settle(shard)
+        return shard
+
+    def add_batch(self, batch: list[tuple[int, Any, PhotoEntry]], vectors: list[np.ndarray | SkippedFile]) -> None:
+        touched = {self.add(index, vector, entry, settle=False)
+                   for (index, _, entry), vector in zip(batch, vectors, strict=True)}
+        for shard in sorted(touched):
+            self._settle(shard)
+
+    def _settle(self, shard: int) -> None:
+        state = self.filling[shard]
+        if state["left"] == 0:
+            order = sorted(state["entries"])
+            rows = np.stack([state["rows"][i] for i in order]) if order else np.zeros((0, self.run.dim), np.float32)
+            self.run.write_shard(shard, rows, [state["entries"][i] for i in order], state["skipped"], self.rank)
+            del self.filling[shard]
+
+    def settle_all(self) -> None:
+        for shard in sorted(self.filling):
+            self._settle(shard)
 
 
 def _encode_each_or_skip(encode_batch: EncodeBatchFn,
