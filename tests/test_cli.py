@@ -203,3 +203,31 @@ def test_query_file_is_checked_before_the_model_loads(tmp_path):
     assert result.returncode == 2 and "nope.png: file not found" in result.stderr
     assert "Could not load" not in result.stderr  # it never got as far as the weights
     assert time.perf_counter() - started < 60
+
+
+def test_folder_mistakes_are_refused_before_the_model_loads(tmp_path):
+    """An unknown model would fail at load: the folder's problem must be what the user hears, at once."""
+    (tmp_path / "notes.txt").write_text("not a folder")
+    (tmp_path / "empty").mkdir()
+    wrong_model = {"ZSDEMO_MODEL": "no-such-model"}
+    as_file = run("index", "notes.txt", "--cache", "c1", cwd=tmp_path, env_extra=wrong_model)
+    assert as_file.returncode == 2 and "is a file, not a folder" in as_file.stderr, as_file.stderr
+    empty = run("index", "empty", "--cache", "c2", cwd=tmp_path, env_extra=wrong_model)
+    assert empty.returncode == 2 and "No photos in" in empty.stderr, empty.stderr
+    missing = run("search", "nothing.png", "--cache", "c3", cwd=tmp_path, env_extra=wrong_model)
+    assert missing.returncode == 2 and "no-such-model" not in missing.stderr, missing.stderr
+    assert not any((tmp_path / name).exists() for name in ("c1", "c2", "c3")), "a refused command leaves nothing"
+
+
+def test_query_paths_lists_and_clears_what_this_machine_keeps(tmp_path):
+    folder = tmp_path / "qp"
+    folder.mkdir()
+    (folder / "abc-fp32.onnx").write_bytes(b"0" * 1000)
+    (folder / "choices.json").write_text(json.dumps({"k": {"path": "onnx-int8", "cpu": "AVX-512", "ms": 3.0,
+                                                           "fp32_ms": 9.0, "when": "today"}}))
+    env = {"ZSDEMO_QUERY_CACHE": str(folder)}
+    listed = run("query-paths", cwd=tmp_path, env_extra=env)
+    assert listed.returncode == 0 and "1 exported files" in listed.stdout and "onnx-int8 on AVX-512" in listed.stdout
+    cleared = run("query-paths", "--clear", cwd=tmp_path, env_extra=env)
+    assert cleared.returncode == 0 and "Removed 1 exported" in cleared.stdout
+    assert not list(folder.iterdir())

@@ -1,4 +1,4 @@
-"""Command line: `python -m zsdemo {index,search,info,export}`."""
+"""Command line: `python -m zsdemo {index,search,info,export,query-paths}`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from zsdemo.config import ServeConfig, resolve_hub_file, resolve_serve_config
+from zsdemo.config import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_MODEL,
+    QUERY_PRECISIONS,
+    ServeConfig,
+    resolve_hub_file,
+    resolve_serve_config,
+)
 from zsdemo.errors import ZsdemoError
 
 log = logging.getLogger("zsdemo")
@@ -19,10 +26,10 @@ log = logging.getLogger("zsdemo")
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model (defaults: flag > env ZSDEMO_* > the cache's own model > built-in)")
-    group.add_argument("--model", help="open_clip model name (default ViT-B-32-quickgelu)")
+    group.add_argument("--model", help=f"open_clip model name (default {DEFAULT_MODEL})")
     group.add_argument("--pretrained", help="open_clip tag (default openai), a local weights file, or 'none' (random)")
     group.add_argument("--prompts", help="prompt checkpoint (.safetensors) written by train/fit.py")
-    group.add_argument("--query-precision", help="how sketch queries run: auto, fp32, int8, bf16")
+    group.add_argument("--query-precision", help=f"how sketch queries run: {', '.join(QUERY_PRECISIONS)}")
 
 
 def _serve_config(args: argparse.Namespace, manifest: dict[str, Any] | None = None) -> ServeConfig:
@@ -58,7 +65,7 @@ def _progress_bar(desc: str):
 def cmd_index(args: argparse.Namespace) -> int:
     """Index photo folders; under torchrun / accelerate launch the encoding is spread over the processes
     (zsdemo.store.distributed): only the main process takes the cache lock, plans, merges and prints."""
-    from zsdemo.store.build import build_gallery
+    from zsdemo.store.build import build_gallery, checked_sources
     from zsdemo.store.distributed import DistributedRunner, Processes, follow
     from zsdemo.store.layout import recorded_sources
     from zsdemo.store.sources import gallery_sources
@@ -77,6 +84,7 @@ def cmd_index(args: argparse.Namespace) -> int:
             if sources is None:
                 print(f"Updating {cache} from the folders it records: "
                       f"{', '.join(map(str, recorded_sources(cache) or []))}", file=sys.stderr)
+            checked_sources(sources, Path(cache).expanduser().resolve())  # an empty folder: refused before loading
             encoder = _encoder(config, device=str(procs.device), batch_size=args.batch_size)
             bar, update = _progress_bar("Indexing")
             try:
@@ -131,6 +139,7 @@ def _load_manifest(cache: Path) -> dict[str, Any]:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from zsdemo.model.preprocess import open_image
+    from zsdemo.query.select import prepare_query_path
     from zsdemo.search.engine import SearchEngine
     from zsdemo.store.gallery import Gallery
 
@@ -139,6 +148,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     cache = config.cache_dir
     encoder = _encoder(_serve_config(args, _load_manifest(cache)))
     engine = SearchEngine(encoder, Gallery.open(cache, encoder))
+    if args.query_type == "sketch":  # the path chosen on this machine before is reused (zsdemo.query.select)
+        prepare_query_path(encoder)
     if args.query_type == "photo":
         result = engine.search_photo(args.query, k=args.k)
     else:
@@ -204,6 +215,29 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_query_paths(args: argparse.Namespace) -> int:
+    """The sketch query paths kept on this machine (exported ONNX files, remembered choices); --clear removes them."""
+    from zsdemo.query.onnx_paths import query_cache_dir
+    from zsdemo.query.select import CHOICES_FILE, read_choices
+
+    folder = query_cache_dir()
+    files = sorted(folder.glob("*.onnx")) if folder.is_dir() else []
+    choices = read_choices(folder)
+    if args.clear:
+        for path in [*files, folder / CHOICES_FILE]:
+            path.unlink(missing_ok=True)
+        print(f"Removed {len(files)} exported query paths and {len(choices)} remembered choices from {folder}; "
+              "the next start chooses again.")
+        return 0
+    size = sum(path.stat().st_size for path in files)
+    print(f"Query paths in {folder}: {len(files)} exported files ({size / 1e6:.1f} MB), {len(choices)} remembered "
+          "choices (ZSDEMO_QUERY_CACHE moves the folder; --clear empties it).")
+    for record in choices.values():
+        speed = f"{record.get('ms'):.1f} ms, fp32 {record.get('fp32_ms'):.1f} ms" if record.get("ms") else ""
+        print(f"  {record.get('path')} on {record.get('cpu')} ({speed}; chosen {record.get('when')})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m zsdemo", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -217,7 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  "for several processes)")
     group.add_argument("--workers", type=int, default=1, help="DataLoader processes decoding photos, per process "
                                                                "(default 1; 0 = decode in the encoding process)")
-    group.add_argument("--batch-size", type=int, default=32, help="photos per encoder batch (default 32)")
+    group.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                       help=f"photos per encoder batch (default {DEFAULT_BATCH_SIZE})")
     group.add_argument("--shard-size", type=int, help="photos per resumable shard (default: about 1/64 of the "
                                                       "photos, 16 to 1024)")
     group.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
@@ -246,6 +281,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     _add_model_args(p)
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("query-paths", help="list (or --clear) the sketch query paths exported and chosen on this "
+                                           "machine")
+    p.add_argument("--clear", action="store_true", help="remove them: the next start exports and chooses again")
+    p.set_defaults(func=cmd_query_paths)
 
     return parser
 

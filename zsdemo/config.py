@@ -28,6 +28,7 @@ ALIASES = {"torch-fp32": "fp32", "torch-int8": "int8", "torch-bf16": "bf16"}
 QUERY_PRECISIONS = (AUTO, *QUERY_PATHS, *ALIASES)  # every accepted query_precision value
 DEFAULT_QUERY_PRECISION = AUTO
 MIN_QUERY_COSINE = 0.99  # a reduced-precision query path is used only this close to fp32
+DEFAULT_BATCH_SIZE = 32  # photos per encoder batch when indexing
 DEFAULT_CACHE_ROOT = Path("gallery_cache")
 STARTER_CACHE_NAME = "starter"
 

@@ -23,6 +23,7 @@ from PIL import Image
 
 from zsdemo.config import (
     AUTO,
+    DEFAULT_BATCH_SIZE,
     DEFAULT_MODEL,
     DEFAULT_PRETRAINED,
     ServeConfig,
@@ -59,7 +60,7 @@ class EncoderConfig:
     pretrained: str = DEFAULT_PRETRAINED  # open_clip tag, a local weights file, or "none" for random weights
     prompts: str | None = None  # prompt checkpoint (.safetensors) from train/fit.py
     query_precision: str = AUTO  # auto | fp32 | int8 | bf16 | onnx-fp32 | onnx-int8: sketch queries only (see above)
-    batch_size: int = 32
+    batch_size: int = DEFAULT_BATCH_SIZE
     device: str = "cpu"
     spec: PromptSpec = field(default_factory=lambda: PromptSpec(n_prompts=0))  # used when no checkpoint is given
 

@@ -72,7 +72,7 @@ def build_gallery(sources: list[Path] | None, cache_dir: Path, encoder: PhotoEnc
     started = time.perf_counter()
     index_cfg = index_cfg or IndexConfig()
     cache_dir = Path(cache_dir).expanduser().resolve()
-    sources = _checked_sources(sources, cache_dir)
+    sources = checked_sources(sources, cache_dir)
     created = not cache_dir.exists()
     cache_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -100,8 +100,9 @@ def build_gallery(sources: list[Path] | None, cache_dir: Path, encoder: PhotoEnc
     return gallery, report
 
 
-def _checked_sources(sources: list[Path] | None, cache_dir: Path) -> list[Path]:
-    """The folders to index, checked before anything is created, so a refused build leaves nothing behind."""
+def checked_sources(sources: list[Path] | None, cache_dir: Path) -> list[Path]:
+    """The folders to index (None: the ones the cache records), checked before anything is created, so a refused
+    build leaves nothing behind (and the CLI can refuse before it loads a model)."""
     if sources is None:
         sources = recorded_sources(cache_dir)
         if not sources:

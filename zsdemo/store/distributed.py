@@ -36,9 +36,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from zsdemo.config import DEFAULT_BATCH_SIZE
 from zsdemo.errors import ImageError
 from zsdemo.store.layout import PhotoEncoder, ProgressFn, SkippedFile
 from zsdemo.store.runs import EncodeRun, decode_pending
+from zsdemo.threads import local_processes, set_cpu_threads
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,8 @@ class Processes:
         else:
             self.rank = 0
             self.device = torch.device("cpu" if use_cpu else "cuda")
+        if self.device.type == "cpu":  # ranks sharing the cores would otherwise each start one thread per core
+            set_cpu_threads(local_processes(self.world))
 
     @property
     def is_main(self) -> bool:
@@ -123,7 +127,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
-def encode_shards(run: EncodeRun, encoder: Any, procs: Processes, workers: int = 1, batch_size: int = 32,
+def encode_shards(run: EncodeRun, encoder: Any, procs: Processes, workers: int = 1, batch_size: int = DEFAULT_BATCH_SIZE,
                   precision: str = "fp32", progress: ProgressFn | None = None) -> int:
     """Encode this process's unfinished shards of `run`; returns the number of photos it encoded."""
     shards = run.todo(procs.rank, procs.world)

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from zsdemo.config import DEFAULT_BATCH_SIZE
 from zsdemo.errors import ImageError
 from zsdemo.model.preprocess import load_photo, make_thumbnail, open_image
 from zsdemo.store.layout import (
@@ -260,7 +261,7 @@ def encode_locally(run: EncodeRun, encoder: PhotoEncoder, progress: ProgressFn |
     """Encode a run's unfinished shards in this process (decode, thumbnail, encoder.encode_photos in batches)."""
     todo = run.todo()
     thumbs = run.dir.parent / "thumbs"
-    batch_size = max(1, getattr(getattr(encoder, "cfg", None), "batch_size", 32))
+    batch_size = max(1, getattr(getattr(encoder, "cfg", None), "batch_size", DEFAULT_BATCH_SIZE))
 
     def items() -> Iterator[tuple[int, Any]]:
         for shard in todo:
