@@ -8,7 +8,8 @@ from PIL import Image
 
 from tests.conftest import TINY_MODEL, canvas_value, draw_sketch
 from zsdemo.config import ServeConfig
-from zsdemo.serve.service import LARGE_PHOTO_SIDE, SearchService
+from zsdemo.serve.explaining import LARGE_PHOTO_SIDE
+from zsdemo.serve.service import SearchService
 from zsdemo.store.build import build_gallery
 from zsdemo.store.gallery import Gallery
 

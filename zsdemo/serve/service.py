@@ -27,7 +27,9 @@ from PIL import Image
 from zsdemo.config import ServeConfig, is_random_weights, resolve_hub_file
 from zsdemo.errors import CacheError, EmptySketchError, ZsdemoError
 from zsdemo.limits import neutralise, read_k, read_mode, read_text, read_text_weight
-from zsdemo.model.preprocess import PHOTO_EXTENSIONS, load_photo
+from zsdemo.model.preprocess import PHOTO_EXTENSIONS
+from zsdemo.serve.describe import describe_service, not_ready_message
+from zsdemo.serve.explaining import Explainer, find_photo, large_photo
 from zsdemo.serve.indexing import index_gently
 from zsdemo.serve.modes import CATEGORY, FINE_GRAINED, PLAIN, Mode, Status, check_prompt_kind, served_modes
 from zsdemo.serve.outcomes import AddOutcome, ExplainOutcome, SearchOutcome
@@ -39,9 +41,7 @@ from zsdemo.store.uploads import add_photos
 
 log = logging.getLogger(__name__)
 
-# The largest image the app sends of a gallery photo (a clicked result, /explain): thumbnail-scale, so the page
-# and the API never hand out the originals.
-LARGE_PHOTO_SIDE = 512
+__all__ = ["SearchService"]
 
 
 class SearchService:
@@ -66,8 +66,7 @@ class SearchService:
         self._ready = threading.Event()
         self._all_ready = threading.Event()
         self._thread: threading.Thread | None = None
-        self._vectors: dict[tuple[str, str], Any] = {}  # (mode, sketch text) -> embedding, for explain()
-        self._vectors_lock = threading.Lock()
+        self._explainer = Explainer()
 
     # the first mode's encoder, engine and status (what a one-mode app has always had)
     encoder = property(lambda self: self._first.encoder, lambda self, value: setattr(self._first, "encoder", value))
@@ -238,50 +237,11 @@ class SearchService:
 
     # ---- what is loaded ----------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
-        """The model, prompts, query path and gallery, for the page's info line. Honest in every phase.
-        The top-level keys describe the first mode; `modes` lists every mode (name, label, phase, prompts, photos)."""
-        info: dict[str, Any] = {"phase": self.status.phase, "status": self.status.message}
-        info["modes"] = [self._describe_mode(mode) for mode in self._modes.values()]
-        if self.encoder is None:
-            return info
-        described = self.encoder.describe()
-        info.update(model=described.get("model"), pretrained=described.get("pretrained"),
-                    random_weights=is_random_weights(str(described.get("pretrained"))),
-                    prompts=described.get("prompts"), prompts_sha256=described.get("prompts_sha256"),
-                    spec=described.get("spec"), query_path=self._query_path(self.encoder),
-                    query_report=getattr(self.encoder, "query_report", None))
-        if self.engine is not None:
-            gallery = self.engine.gallery
-            info.update(photos=len(gallery), search_backend=gallery.backend, skipped=len(gallery.skipped))
-        return info
-
-    @staticmethod
-    def _query_path(encoder: Any) -> Any:
-        return getattr(encoder, "query_path", None) or getattr(getattr(encoder, "cfg", None), "query_precision", None)
-
-    def _describe_mode(self, mode: Mode) -> dict[str, Any]:
-        info: dict[str, Any] = {"name": mode.name, "label": mode.label, "phase": mode.status.phase,
-                                "status": mode.status.message, "done": mode.status.done, "total": mode.status.total,
-                                "cache_dir": str(mode.cache_dir)}
-        if mode.encoder is not None:
-            described = mode.encoder.describe()
-            info.update(prompts=described.get("prompts"), prompts_sha256=described.get("prompts_sha256"),
-                        spec=described.get("spec"), query_path=self._query_path(mode.encoder))
-        if mode.engine is not None:
-            info.update(photos=len(mode.engine.gallery), search_backend=mode.engine.gallery.backend)
-        return info
+        """The model, prompts, query path and gallery, for the page's info line (zsdemo.serve.describe)."""
+        return describe_service(list(self._modes.values()))
 
     def not_ready_message(self, mode: Mode | None = None) -> str:
-        mode = mode or self._first
-        s = mode.status
-        which = "" if mode is self._first else f" for “{mode.label}”"
-        if s.phase == "error":
-            return f"The gallery{which} could not be prepared: {s.message}"
-        progress = f" ({s.done}/{s.total})" if s.total else ""
-        if mode is not self._first:
-            return (f"Still preparing “{mode.label}”: {s.message}{progress}. “{self._first.label}” works now; "
-                    "this one in a moment.")
-        return f"Still preparing the gallery: {s.message}{progress}. Your sketch will work in a moment."
+        return not_ready_message(mode or self._first, self._first)
 
     # ---- search ------------------------------------------------------------------------------
     def search(self, sketch: Any, k: int | None = None, text: str | None = None,
@@ -315,37 +275,11 @@ class SearchService:
     def find_photo(self, name: str, mode: str | None = None) -> Hit | None:
         """The gallery photo called `name` (as hits name them) in a mode's gallery, or None. Only gallery photos:
         a name never becomes an arbitrary server path."""
-        served = self.mode(mode)
-        if served.engine is None:
-            return None
-        gallery = served.engine.gallery
-        if served.names is None or served.names[0] is not gallery:
-            served.names = (gallery, {entry.name: row for row, entry in enumerate(gallery.entries)})
-        row = served.names[1].get(name)
-        if row is None:
-            return None
-        return gallery.hit(row, 0.0)
-
-    def _sketch_vector(self, mode: Mode, sketch: Any) -> Any:
-        """The sketch's embedding in `mode`; remembered for the last few sketches given as text (strokes JSON or an
-        upload's path), so clicking through the results of one sketch encodes it once."""
-        key = (mode.name, sketch) if isinstance(sketch, str) else None
-        with self._vectors_lock:
-            if key is not None and key in self._vectors:
-                return self._vectors[key]
-        _, vector = mode.engine.sketch_vector(sketch, display_name="the sketch")
-        if key is not None:
-            with self._vectors_lock:
-                if len(self._vectors) >= 16:
-                    self._vectors.pop(next(iter(self._vectors)))
-                self._vectors[key] = vector
-        return vector
+        return find_photo(self.mode(mode), name)
 
     def explain(self, photo: Hit | str, sketch: Any, mode: str | None = None) -> ExplainOutcome:
         """The similarity map between `sketch` and the patches of a gallery photo (a hit, or a photo name as hits
         give it), in `mode`, laid over the photo at its size (long side at most LARGE_PHOTO_SIDE)."""
-        from zsdemo.search.explain import explain_photo
-
         try:
             served = self.mode(read_mode(mode))
         except ZsdemoError as exc:
@@ -353,26 +287,11 @@ class SearchService:
             return ExplainOutcome("error", str(exc))
         if served.engine is None or served.status.phase == "error":
             return ExplainOutcome("not_ready", self.not_ready_message(served))
-        hit = self.find_photo(photo, served.name) if isinstance(photo, str) else photo
-        if hit is None:
-            return ExplainOutcome("error", f"No photo called {neutralise(str(photo)[:200])!r} in the gallery.")
-        started = time.perf_counter()
-        try:
-            vector = self._sketch_vector(served, sketch)
-            result = explain_photo(served.encoder, load_photo(hit.photo), vector, max_side=LARGE_PHOTO_SIDE)
-        except EmptySketchError as exc:
-            return ExplainOutcome("empty", str(exc))
-        except ZsdemoError as exc:
-            return ExplainOutcome("error", str(exc))
-        seconds = time.perf_counter() - started
-        log.info("Explained %s (%s) in %.0f ms", hit.name, served.name, seconds * 1000)
-        return ExplainOutcome("ok", f"{result.caption} ({seconds * 1000:.0f} ms)", result.image, seconds)
+        return self._explainer.explain(served, photo, sketch)
 
     def photo(self, hit: Hit) -> Image.Image:
         """The photo of a hit, large (paths come from the gallery, never from the browser)."""
-        photo = load_photo(hit.photo)
-        photo.thumbnail((LARGE_PHOTO_SIDE, LARGE_PHOTO_SIDE), Image.Resampling.LANCZOS)
-        return photo
+        return large_photo(hit)
 
     # ---- add photos --------------------------------------------------------------------------
     def _index_gently(self, work: Callable[[], Any]) -> Any:
