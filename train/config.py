@@ -23,6 +23,18 @@ class ConfigError(ValueError):
     """A config file or key that cannot be used; the message is one line, meant for the person who typed it."""
 
 
+# The settings that take one of a few words, and those words.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "setting": ("category", "fine_grained"),
+    "metric_convention": ("sake", "torchmetrics"),
+    "metric_ties": ("random", "pessimistic", "optimistic"),
+    "metric_average": ("query", "class"),
+    "fg_gallery": ("unseen", "category"),
+    "sketch_crop": ("auto", "ink", "none"),
+    "delta_form": ("paired", "sorted"),
+}
+
+
 @dataclass
 class TrainConfig:
     # ---- run ----------------------------------------------------------------------------
@@ -107,25 +119,16 @@ class TrainConfig:
     push_to_hub: str = ""
 
     def validate(self) -> None:
-        if self.setting not in ("category", "fine_grained"):
-            raise ConfigError(f"setting must be 'category' or 'fine_grained', not {self.setting!r}")
-        if self.metric_convention not in ("sake", "torchmetrics"):
-            raise ConfigError(f"metric_convention must be 'sake' or 'torchmetrics', not {self.metric_convention!r}")
-        if self.metric_ties not in ("random", "pessimistic", "optimistic"):
-            raise ConfigError(f"metric_ties must be 'random', 'pessimistic' or 'optimistic', not {self.metric_ties!r}")
-        if self.metric_average not in ("query", "class"):
-            raise ConfigError(f"metric_average must be 'query' or 'class', not {self.metric_average!r}")
-        if self.fg_gallery not in ("unseen", "category"):
-            raise ConfigError(f"fg_gallery must be 'unseen' or 'category', not {self.fg_gallery!r}")
+        for name, allowed in CHOICES.items():
+            value = getattr(self, name)
+            if value not in allowed:
+                options = ", ".join(f"'{a}'" for a in allowed[:-1]) + f" or '{allowed[-1]}'"
+                raise ConfigError(f"{name} must be {options}, not {value!r}")
         if self.setting == "fine_grained" and self.batch_size % self.instances_per_class:
             raise ConfigError(f"batch_size {self.batch_size} must be a multiple of instances_per_class "
-                             f"{self.instances_per_class} (P classes x Q instances)")
+                              f"{self.instances_per_class} (P classes x Q instances)")
         if self.grad_accum < 1 or self.batch_size < 2:
             raise ConfigError("grad_accum must be >= 1 and batch_size >= 2")
-        if self.sketch_crop not in ("auto", "ink", "none"):
-            raise ConfigError(f"sketch_crop must be 'auto', 'ink' or 'none', not {self.sketch_crop!r}")
-        if self.delta_form not in ("paired", "sorted"):
-            raise ConfigError(f"delta_form must be 'paired' or 'sorted', not {self.delta_form!r}")
         if self.delta_tau <= 0:
             raise ConfigError(f"delta_tau must be > 0, not {self.delta_tau}")
         if not self.photo_dir:

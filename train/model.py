@@ -87,7 +87,7 @@ def prompt_scale_report(prompted: PromptedViT, images: torch.Tensor) -> dict[str
     """Mean prompt-token norm per branch against the median norm of the real tokens after ln_pre, where the
     prompts join them (our insertion point). A ratio far from 1 with real weights means the prompts start
     off-scale: they would dominate attention, or be ignored."""
-    tokens = prompted.visual._embeds(images.to(next(prompted.parameters()).device))
+    tokens = prompted.embed_tokens(images.to(next(prompted.parameters()).device))
     token_norm = float(tokens.float().norm(dim=-1).median())
     prompt_norm = {b: float(p.detach()[0].float().norm(dim=-1).mean()) for b, p in prompted.prompts.items()}
     return {"prompt_norm": prompt_norm, "token_norm_median": token_norm,

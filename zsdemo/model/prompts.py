@@ -86,6 +86,10 @@ class PromptedViT(nn.Module):
         pooled, _ = self._run(images, modality, with_tokens=False)
         return F.normalize(pooled.float(), dim=-1)
 
+    def embed_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """The tokens after the patch embedding and ln_pre, where the prompts join them (B, 1 + N, width)."""
+        return self.visual._embeds(images)  # noqa: SLF001 (open_clip's first piece of its forward)
+
     def forward_with_tokens(self, images: torch.Tensor, modality: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Images -> (L2-normalised embeddings (B, D), the patch tokens projected like them (B, N, D)): what a
         similarity map of a photo needs. The embeddings equal `forward`'s."""
