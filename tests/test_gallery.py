@@ -237,7 +237,7 @@ def test_sketch_search_and_text_blend(tmp_path, tiny_encoder):
     make_photos(tmp_path / "p", 6)
     gallery, _ = build_gallery([tmp_path / "p"], tmp_path / "c", tiny_encoder)
     engine = SearchEngine(tiny_encoder, gallery)
-    sketch = {"background": None, "layers": [], "composite": np.asarray(draw_sketch(300, "circle"))}
+    sketch = np.asarray(draw_sketch(300, "circle"))
     plain = engine.search_sketch(sketch, k=6)
     assert len(plain.hits) == 6 and plain.preview.width == plain.preview.height
     off = engine.search_sketch(sketch, k=6, text="red", text_weight=0.0)
@@ -245,7 +245,7 @@ def test_sketch_search_and_text_blend(tmp_path, tiny_encoder):
     on = engine.search_sketch(sketch, k=6, text="red", text_weight=0.9)
     assert [h.score for h in on.hits] != [h.score for h in plain.hits]
     with pytest.raises(EmptySketchError):
-        engine.search_sketch({"background": None, "layers": [], "composite": None})
+        engine.search_sketch({"width": 448, "height": 448, "strokes": []})
 
 
 def test_blend_is_normalised_and_identity_at_zero():

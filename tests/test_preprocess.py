@@ -56,8 +56,7 @@ def variants() -> dict[str, object]:
         "numpy L": np.asarray(base.convert("L")),
         "numpy float": np.asarray(base.convert("L"), dtype=np.float32) / 255.0,
         "numpy rgba": np.asarray(rgba),
-        "gradio dict": {"background": None, "layers": [np.asarray(base)], "composite": np.asarray(base)},
-        "gradio dict without composite": {"background": None, "layers": [np.asarray(base)], "composite": None},
+        "canvas strokes": {"width": 300, "height": 300, "strokes": [[60, 60, 240, 240, 60, 240]]},
     }
 
 
@@ -107,7 +106,7 @@ def test_margin_around_ink():
 
 @pytest.mark.parametrize("value", [
     None,
-    {"background": None, "layers": [], "composite": None},
+    {"width": 448, "height": 448, "strokes": []},
     Image.new("RGB", (300, 300), "white"),
     Image.new("RGBA", (300, 300), (0, 0, 0, 0)),
     np.full((300, 300, 3), 255, np.uint8),
@@ -221,3 +220,9 @@ def test_strokes_are_drawn_like_the_canvas():
                      (json.dumps({"strokes": [[1, 2] * 50_000]}), "too many points")]:
         with pytest.raises(ImageError, match=why):
             strokes_to_image(bad)
+
+
+def test_a_sketchpad_value_is_no_longer_a_sketch():
+    """The page sends strokes; a Gradio Sketchpad dict (what an older page sent) is refused, readably."""
+    with pytest.raises(ImageError, match="Cannot read a sketch from a dict"):
+        clean_sketch({"background": None, "layers": [], "composite": np.zeros((8, 8, 3), np.uint8)})

@@ -248,18 +248,10 @@ def strokes_to_image(value: str | dict[str, Any], limits: StrokeLimits = DEFAULT
 
 
 def sketch_to_image(value: Any, limits: ImageLimits = DEFAULT_LIMITS, display_name: str | None = None) -> Image.Image:
-    """Accept a Gradio Sketchpad value (dict with 'composite'), a PIL image, an array or a path.
-    Every kind obeys the same pixel limit as files."""
+    """Accept the page canvas's strokes (JSON text or dict), a PIL image, an array or a path (an uploaded sketch, the
+    CLI). Every kind obeys the same pixel limit as files."""
     if is_strokes_value(value):
         return strokes_to_image(value)
-    if isinstance(value, dict):
-        if value.get("composite") is not None:
-            value = value["composite"]
-        else:
-            layers = [layer for layer in value.get("layers") or [] if layer is not None]
-            value = value.get("background") if not layers else layers[-1]
-        if value is None:
-            raise EmptySketchError("The canvas is empty: draw something.")
     if value is None:
         raise EmptySketchError("The canvas is empty: draw something.")
     if isinstance(value, Image.Image):
