@@ -163,7 +163,7 @@ def cached_weights(model_name: str, tag: str) -> Path | None:
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
-    """Fail fast offline instead of sitting through the hub client's retries (about 45 s)."""
+    """Fail fast offline instead of sitting through the hub client's retries (most of a minute)."""
     host = urllib.parse.urlparse(huggingface_hub.constants.ENDPOINT).hostname or "huggingface.co"
     try:
         socket.create_connection((host, 443), timeout=timeout).close()
@@ -321,7 +321,7 @@ class SketchPhotoEncoder:
 
     @torch.inference_mode()
     def encode_text(self, texts: Sequence[str]) -> np.ndarray:
-        if self._tokenizer is None:  # building it reads the BPE vocabulary (~100 ms): once per encoder
+        if self._tokenizer is None:  # building it reads the BPE vocabulary: once per encoder
             self._tokenizer = open_clip.get_tokenizer(self.cfg.model)
         feats = self.clip.encode_text(self._tokenizer(list(texts)).to(self.cfg.device), normalize=True)
         return feats.float().cpu().numpy()

@@ -135,7 +135,7 @@ def quantize_onnx(src: Path, path: Path, weights: str) -> Path:
 
 def ort_session(path: Path, threads: int | None = None) -> Any:
     """An ONNX Runtime CPU session: intra-op threads = torch's (the cores), no inter-op parallelism, and no
-    spinning between runs (measured on a busy 2-core machine: spinning doubled the p50 of the other side)."""
+    spinning between runs (on a busy machine a spinning pool takes the cores the other side needs)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()

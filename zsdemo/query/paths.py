@@ -15,7 +15,7 @@ use a reduced-precision or exported copy of the prompted encoder. The paths (QUE
 only when onnxruntime is installed), checks each one's cosine to fp32 on built-in probe sketches, times
 them briefly (interleaved, on this machine) and keeps the fastest one whose cosine is >= MIN_QUERY_COSINE.
 Nothing assumes a CPU family: on an AVX2-only CPU without VNNI, ORT's int8 kernels saturate with signed
-8-bit weights (cosine ~0.98 measured), so onnx-int8 quantises the weights to unsigned 8 bits when the
+8-bit weights (cosine below the threshold; bench/query.py shows it), so onnx-int8 quantises the weights to unsigned 8 bits when the
 signed variant fails the probe check. The choice, every candidate's time and cosine are logged and kept in
 a report (`select_query_path`), shown on the page as `summarize(report)`.
 `python bench/query.py` measures every path's latency and its cosine to fp32 in one run.

@@ -119,7 +119,7 @@ def _as_is(sample: Any) -> Any:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """'auto' is bf16 autocast on a GPU and fp32 on a CPU (bf16 without native support is 5x slower there)."""
+    """'auto' is bf16 autocast on a GPU and fp32 on a CPU (bf16 without native support is several times slower there)."""
     if precision == "auto":
         return "bf16" if device.type == "cuda" else "fp32"
     if precision not in ("fp32", *AUTOCAST):

@@ -81,8 +81,8 @@ def write_generation(cache_dir: Path, entries: list[PhotoEntry], embeddings: np.
                      skipped: list[SkippedFile]) -> dict[str, Any]:
     """Write a complete new generation, then switch CURRENT to it (the only step a reader can see).
     `embeddings`: the (N, D) matrix, or its rows as an iterable of chunks (streamed to disk as they come).
-    The index (exact or Annoy) is chosen by a latency budget measured here (zsdemo.store.index.choose_backend);
-    Annoy's search_k is tuned on this gallery for the target recall. The caller holds the cache lock."""
+    The index (exact, HNSW or Annoy) is chosen by a latency budget measured here (zsdemo.store.index.choose_backend);
+    the approximate index's query setting (HNSW ef, Annoy search_k) is tuned on this gallery for the target recall. The caller holds the cache lock."""
     name = f"gen-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     generation = cache_dir / name
     generation.mkdir()

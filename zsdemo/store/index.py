@@ -212,7 +212,7 @@ def build_annoy(embeddings: np.ndarray | Path, path: Path, cfg: IndexConfig) -> 
                 index.on_disk_build(str(tmp))
                 row = 0
             for vector in chunk:
-                index.add_item(row, vector.tolist())  # a list of floats converts 2x faster than numpy scalars
+                index.add_item(row, vector.tolist())  # a list of floats converts faster than numpy scalars
                 row += 1
         if index is None:
             raise ValueError("cannot build an Annoy index over no rows")
