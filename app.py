@@ -233,8 +233,8 @@ def warning_html(service: SearchService) -> str:
     d = service.describe()
     if not (d.get("random_weights") if "random_weights" in d else is_random_weights(service.config.pretrained)):
         return ""
-    return ("<div class='zs-warn' role='alert'>⚠️ Random weights (<code>--pretrained none</code>): the model has "
-            "learned nothing, so the results are meaningless. This mode is for tests and speed measurements.</div>")
+    return ("<div class='zs-warn' role='alert'>⚠️ Random backbone weights (<code>--pretrained none</code>): the "
+            "results are meaningless. This mode is for tests and speed measurements.</div>")
 
 
 def info_markdown(service: SearchService) -> str:

@@ -158,5 +158,5 @@ def test_error_banner_shows_code_as_code_and_no_server_paths(service, tmp_path):
     assert "`" not in banner and "<code>python -m zsdemo index PHOTO_DIR... --cache the cache folder</code>" in banner
     assert str(tmp_path) not in banner and "/srv/hf" not in banner and "a folder on the server" in banner
     assert "/path/to/open_clip_model.safetensors" in banner and "<br>" in banner  # advice and line breaks kept
-    assert app.warning_html(s) and "Random weights" in app.warning_html(s)
+    assert app.warning_html(s) and "Random backbone weights" in app.warning_html(s)
     assert app.warning_html(SearchService(ServeConfig(cache=str(tmp_path / "c2")))) == ""

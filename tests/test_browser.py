@@ -312,9 +312,10 @@ def test_a_sketch_drawn_while_the_gallery_loads_gets_results_when_it_is_ready(br
         demo.close()
 
 
-def boxes(page, selector: str) -> list[dict[str, float]]:
-    return page.eval_on_selector_all(selector, "els => els.map(e => { const r = e.getBoundingClientRect(); "
-                                               "return {x: r.x, y: r.y, w: r.width, h: r.height}; })")
+def rects(page, *selectors: str) -> list[dict[str, float]]:
+    """The boxes of the first element of each selector, all measured at the same moment."""
+    return page.evaluate("sels => sels.map(s => { const r = document.querySelector(s).getBoundingClientRect(); "
+                         "return {x: r.x, y: r.y, width: r.width, height: r.height}; })", list(selectors))
 
 
 def horizontal_overflow(page) -> dict[str, float]:
@@ -356,8 +357,7 @@ def test_phone_shows_every_result_and_a_readable_why_view(browser_app):
         items.first.click()
         page.wait_for_selector("#zs-large img")
         wait_for(lambda: "Why this photo" in page.inner_text("#zs-why"), what="the why-this-photo caption")
-        image = page.locator("#zs-large img").bounding_box()
-        caption = page.locator("#zs-why").bounding_box()
+        image, caption = rects(page, "#zs-large img", "#zs-why")  # at one moment: the page scrolls them into view
         assert image["width"] >= 0.7 * 390 and image["x"] >= 0 and image["x"] + image["width"] <= 390, image
         assert caption["y"] >= image["y"] + image["height"] - 1, (image, caption)  # below the photo, not over it
         assert page.locator("#zs-large label").filter(has_text="Why this photo").count() == 0  # no label under the toolbar
@@ -374,7 +374,7 @@ def test_desktop_results_sit_beside_the_canvas_and_why_appears_when_filled(brows
     page.goto(url)
     page.wait_for_selector("#zs-sketch canvas[data-ready]")
     warning = page.locator("#zs-warning")
-    assert warning.is_visible() and "Random weights" in warning.inner_text()
+    assert warning.is_visible() and "Random backbone weights" in warning.inner_text()
     canvas = page.locator("#zs-sketch canvas").bounding_box()
     assert warning.bounding_box()["y"] + warning.bounding_box()["height"] <= canvas["y"]  # above the canvas, in view
     assert not page.locator("#zs-why-box").is_visible() and page.locator("#zs-large img").count() == 0
@@ -390,3 +390,30 @@ def test_desktop_results_sit_beside_the_canvas_and_why_appears_when_filled(brows
     page.wait_for_selector("#zs-large img")
     assert page.locator("#zs-why-box").is_visible()
     page.screenshot(path=str(ARTIFACTS / "browser-desktop-why.png"), full_page=True)
+
+
+def test_both_modes_on_a_phone(modes_app, browser_app):
+    """The two-mode page at 390x844: switch, results in a grid that fits, why-this-photo below them. With
+    ZSDEMO_UPDATE_DOCS=1 its screenshot becomes the README's phone picture (docs/phone.png)."""
+    _, url, _ = modes_app
+    context = browser_app[3].new_context(viewport={"width": 390, "height": 844}, is_mobile=True, device_scale_factor=2)
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    try:
+        page.goto(url)
+        page.wait_for_selector("#zs-sketch canvas[data-ready]")
+        Canvas(page).stroke((0.3, 0.3), (0.7, 0.3), (0.7, 0.7), (0.3, 0.7), (0.3, 0.3))
+        wait_for(lambda: len(captions(page)) == 12 and "(Find this kind of thing)" in page.inner_text("#zs-status"),
+                 what="category-level results on the phone", describe=lambda: page.inner_text("#zs-status"))
+        assert horizontal_overflow(page) == {"page": 0, "results": 0}
+        page.locator("#zs-results img").first.click()
+        wait_for(lambda: "not a segmentation" in page.inner_text("#zs-why"), what="the why-this-photo caption")
+        page.wait_for_timeout(800)  # the page scrolls to the why-this-photo area (smoothly); then show status and results
+        page.evaluate("() => document.querySelector('#zs-preview').scrollIntoView({block: 'start'})")
+        page.mouse.move(0, 0)
+        page.wait_for_timeout(300)
+        page.screenshot(path=str(ARTIFACTS / "browser-phone-modes.png"))  # the viewport: what a phone shows
+        if os.environ.get("ZSDEMO_UPDATE_DOCS"):
+            shutil.copyfile(ARTIFACTS / "browser-phone-modes.png", ARTIFACTS.parent / "docs" / "phone.png")
+    finally:
+        context.close()
