@@ -1,3 +1,3 @@
-"""zsdemo: sketch-to-photo search with learned-prompt CLIP and an Annoy gallery index."""
+"""zsdemo: sketch-to-photo search with learned-prompt CLIP over a cached, indexed photo gallery."""
 
 __version__ = "0.1.0"

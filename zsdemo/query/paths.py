@@ -1,24 +1,16 @@
-"""The sketch query path: every way of running the prompted encoder on one sketch, and the choice among them.
+"""The sketch query paths: every way of running the prompted encoder on a sketch.
 
 Gallery photos are always encoded in fp32 (so caches never depend on the query path); only sketch queries
-use a reduced-precision or exported copy of the prompted encoder. The paths (QUERY_PATHS):
+use a reduced-precision or exported copy of the prompted encoder:
 
 - fp32: the prompted encoder itself (bit-identical to stock open_clip when there are no prompts);
 - int8 (alias torch-int8): torch dynamic int8 on every linear layer incl. the attention projections;
 - bf16 (alias torch-bf16): bf16 weights; fast only on CPUs with native bf16 (AVX512-BF16 / AMX);
 - onnx-fp32 / onnx-int8: the same prompted forward (modality fixed to "sketch") exported to ONNX and run by
-  ONNX Runtime, in fp32 or with ORT dynamic int8 quantisation. The exported/quantised files are cached on
-  disk (QUERY_CACHE_ENV, default ~/.cache/zsdemo/query-paths), keyed by the encoder fingerprint and a digest
-  of the learned prompts, written atomically.
-
-`auto` (the default) builds the candidates that make sense on this CPU (bf16 only with native bf16; ONNX
-only when onnxruntime is installed), checks each one's cosine to fp32 on built-in probe sketches, times
-them briefly (interleaved, on this machine) and keeps the fastest one whose cosine is >= MIN_QUERY_COSINE.
-Nothing assumes a CPU family: on an AVX2-only CPU without VNNI, ORT's int8 kernels saturate with signed
-8-bit weights (cosine below the threshold; bench/query.py shows it), so onnx-int8 quantises the weights to unsigned 8 bits when the
-signed variant fails the probe check. The choice, every candidate's time and cosine are logged and kept in
-a report (`select_query_path`), shown on the page as `summarize(report)`.
-`python bench/query.py` measures every path's latency and its cosine to fp32 in one run.
+  ONNX Runtime, in fp32 or with ORT dynamic int8 quantisation (files cached on disk, zsdemo.query.onnx_paths).
+On a CPU without VNNI, ORT's int8 kernels saturate with signed 8-bit weights, so onnx-int8 quantises the
+weights to unsigned 8 bits when the signed variant fails the probe check. Which path a machine uses is
+chosen by zsdemo.query.select; `python bench/query.py` measures them all.
 """
 
 from __future__ import annotations

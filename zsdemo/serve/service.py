@@ -230,6 +230,7 @@ class SearchService:
                                "with --gallery PHOTO_DIR.", mode=mode)
         else:
             self._set("ready", f"Ready: {len(gallery)} photos.", len(gallery), len(gallery), mode=mode)
+            log.info("Mode %s serves %d photos", mode.name, len(gallery))
 
     def thumbnail_folders(self) -> list[Path]:
         """The folders whose files the page may show (every mode's thumbnails), known before any gallery is open."""

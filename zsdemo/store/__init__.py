@@ -1,1 +1,1 @@
-"""store"""
+"""Gallery caches on disk: layout, update plans, resumable encoding runs, generations, indexes, uploads, export."""

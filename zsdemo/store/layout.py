@@ -1,4 +1,4 @@
-"""A photo gallery cached on disk: thumbnails, embeddings, an optional Annoy index and a manifest.
+"""A photo gallery cached on disk: thumbnails, embeddings, an optional approximate index and a manifest.
 
 Layout of a cache folder:
     CURRENT                 name of the live generation (replaced atomically, last)
