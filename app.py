@@ -4,13 +4,17 @@ Run `python app.py` (starter gallery, OpenAI CLIP ViT-B/32) or see `python app.p
 option also reads an environment variable (zsdemo/config.py lists them), so a Hugging Face Space is
 configured without code changes (docs/SPACES.md).
 
-This file is only the page: layout, rendering and thin adapters around `zsdemo.serve.service.SearchService`,
-which does the work (model, gallery, search, uploads) and is tested without a server.
+This file is only the page, in three parts: `Page` (the handlers: input checks, rate limits and gates around
+`zsdemo.serve.service.SearchService`, which does the work and is tested without a server, then rendering its
+typed outcomes), `layout` (components only) and `wire` (events only). Settings resolve as in the CLI: flag >
+environment > the cache's manifest > default, so `python app.py --cache DIR` serves a cache as it was built.
 
-The canvas is a small HTML/JS component of our own (`gr.HTML`): it draws on the first stroke with mouse,
-pen or touch, and after each stroke sends the strokes themselves (a few KB of JSON) instead of a PNG;
-the server draws them. Gradio's Sketchpad exported and uploaded the whole canvas before every search,
-which cost more than the search itself (README, "What was measured").
+The canvas is a small HTML/JS component of our own (`gr.HTML`; its template, CSS and JavaScript are files in
+zsdemo/serve/page/, with the page's CSS): it draws on the first stroke with mouse, pen or touch, and after each
+stroke sends the strokes themselves (a few KB of JSON) instead of a PNG; the server draws them. Gradio's
+Sketchpad exported and uploaded the whole canvas before every search, which cost more than the search itself
+(README, "What was measured"). A sketch drawn while the gallery is still being prepared is searched again by the
+start-up timer as soon as it is ready.
 
 Modes: with `--prompts CATEGORY.safetensors --fine-grained-prompts FG.safetensors` the page has a switch
 (`#zs-mode`: "Find this kind of thing" / "Find this exact one") that re-runs the current sketch; `/search`
