@@ -286,6 +286,8 @@ def spec_words(spec: Any) -> str:
 
 GalleryItems = list[tuple[str, str]]
 SearchView = tuple[GalleryItems, Image.Image | None, str, list[dict[str, Any]], Any]
+# what the page's search events output: a SearchView and whether the sketch waits for the gallery (SearchOutcome.retry)
+PageView = tuple[GalleryItems, Image.Image | None, str, list[dict[str, Any]], Any, bool]
 
 
 PREVIEW_SIDE = 224  # the model's input size: a larger preview shows nothing more and costs time per stroke
@@ -316,8 +318,8 @@ def render_search(outcome: SearchOutcome, sketch: Any, mode: str | None = None) 
 # ---------------------------------------------------------------------------------------------
 # The page's handlers: input checks, rate limits and gates around the service, then rendering
 # ---------------------------------------------------------------------------------------------
-def empty_view(message: str = EMPTY_HINT) -> SearchView:
-    return [], None, message, [], None
+def empty_view(message: str = EMPTY_HINT) -> PageView:
+    return [], None, message, [], None, False
 
 
 class Page:
@@ -342,18 +344,19 @@ class Page:
 
     # ---- search ------------------------------------------------------------------------------
     def run_search(self, sketch: Any, k: Any, text: Any, text_weight: Any, mode: Any, gate: Gate | None = None,
-                   client: str | None = None) -> SearchView:
+                   client: str | None = None) -> PageView:
         try:
             self.search_rate.check(client)
             with (gate or self.searching).enter():
                 outcome = self.service.search(sketch, k, text, text_weight, mode or None)
         except ZsdemoError as exc:  # busy or rate-limited: a readable answer, nothing queued
             outcome = SearchOutcome("error", str(exc))
-        return render_search(outcome, sketch, mode if isinstance(mode, str) and mode else self.modes[0])
+        view = render_search(outcome, sketch, mode if isinstance(mode, str) and mode else self.modes[0])
+        return (*view, outcome.kind == "not_ready" and outcome.retry)
 
     def search(self, sketch: str | None, k: float | None = None, text: str | None = None,
                text_weight: float | None = None, mode: str | None = None,
-               request: gr.Request = None) -> SearchView:  # type: ignore[assignment]
+               request: gr.Request = None) -> PageView:  # type: ignore[assignment]
         """The canvas endpoint: strokes JSON only (a string from the browser is never opened as a server path).
         `mode`: one of the served modes (category = this kind of thing, fine_grained = this exact one; plain)."""
         if sketch is not None and not isinstance(sketch, str):
@@ -367,7 +370,7 @@ class Page:
 
     def search_upload(self, path: str | None, k: float | None = None, text: str | None = None,
                       text_weight: float | None = None, mode: str | None = None,
-                      request: gr.Request = None) -> SearchView:  # type: ignore[assignment]
+                      request: gr.Request = None) -> PageView:  # type: ignore[assignment]
         if not path:
             return empty_view()
         if self.service.is_served_file(str(path)):
@@ -375,7 +378,7 @@ class Page:
         return self.run_search(str(path), k, text, text_weight, mode, self.upload_searching, client_key(request))
 
     def rerun(self, sketch: Any, k: float | None, text: str | None, weight: float | None,
-              mode: str | None) -> SearchView:
+              mode: str | None) -> PageView:
         return self.run_search(sketch, k, text, weight, mode) if sketch else empty_view()
 
     # ---- start-up: progress, and the sketch drawn before the gallery was ready ----------------------
@@ -384,16 +387,17 @@ class Page:
                 and self.service.mode(name).status.phase == "ready"]
 
     def poll(self, sketch: Any, k: float | None, text: str | None, weight: float | None, mode: str | None,
-             hits: list[dict[str, Any]] | None, seen: list[str] | None) -> tuple[Any, ...]:
-        """The start-up timer: banner, warning and info line; and once the searched mode turns ready, the sketch
-        that was drawn while it was not (it got "still preparing", so no hits) is searched again, without a stroke."""
-        ready = self.ready_modes()
+             waiting: bool | None, was_settled: bool | None) -> tuple[Any, ...]:
+        """The start-up timer: banner, warning and info line; and the sketch that heard "still preparing" (`waiting`)
+        is searched again as soon as its mode is ready, without a stroke. The timer stops on the second settled
+        tick, so a sketch whose answer crossed the first one on the wire is still re-run."""
+        settled = self.service.settled
         page = (banner_html(self.service), warning_html(self.service), info_markdown(self.service),
-                gr.Timer(active=not self.service.settled), ready)
+                gr.Timer(active=not (settled and was_settled)), settled)
         wanted = mode if mode in self.modes else self.modes[0]
-        if sketch and not hits and wanted in ready and wanted not in (seen or []):
+        if sketch and waiting and wanted in self.ready_modes():
             return (*page, *self.rerun(sketch, k, text, weight, mode))
-        return (*page, *(gr.skip() for _ in range(5)))
+        return (*page, *(gr.skip() for _ in range(6)))
 
     def refresh(self) -> tuple[str, str, str]:
         return banner_html(self.service), warning_html(self.service), info_markdown(self.service)
@@ -497,7 +501,8 @@ class Controls:
     info: Any = None
     hits: Any = None
     current: Any = None
-    seen: Any = None
+    waiting: Any = None
+    settled: Any = None
     timer: Any = None
 
     @property
@@ -506,7 +511,7 @@ class Controls:
 
     @property
     def search_outputs(self) -> list[Any]:
-        return [self.results, self.preview, self.status, self.hits, self.current]
+        return [self.results, self.preview, self.status, self.hits, self.current, self.waiting]
 
 
 def layout_header(c: Controls, page: Page) -> None:
@@ -577,7 +582,8 @@ def layout(page: Page) -> Controls:
     layout_footer(c, page)
     c.hits = gr.State([])
     c.current = gr.State(None)  # the last sketch searched (drawn or uploaded), for re-runs with new settings
-    c.seen = gr.State([])  # the modes this page has seen ready (the start-up timer re-runs a waiting sketch once)
+    c.waiting = gr.State(False)  # the last sketch heard "still preparing": the start-up timer re-runs it when ready
+    c.settled = gr.State(False)  # the service was settled at the timer's last tick
     c.timer = gr.Timer(0.5, active=not page.service.settled)
     return c
 
@@ -606,8 +612,8 @@ def wire(c: Controls, page: Page) -> None:
                            api_name="explain", concurrency_id="explain", concurrency_limit=1)
     c.add_button.click(page.add, c.photos, [c.add_status, c.info], api_name="add_photos", concurrency_limit=1,
                        concurrency_id="index").then(page.rerun, [c.current, *c.settings], c.search_outputs, **private)
-    c.timer.tick(page.poll, [c.current, *c.settings, c.hits, c.seen],
-                 [c.banner, c.warning, c.info, c.timer, c.seen, *c.search_outputs], api_visibility="private",
+    c.timer.tick(page.poll, [c.current, *c.settings, c.waiting, c.settled],
+                 [c.banner, c.warning, c.info, c.timer, c.settled, *c.search_outputs], api_visibility="private",
                  queue=False)
 
 
