@@ -162,6 +162,8 @@ def test_an_auto_choice_is_remembered_per_machine_and_reused_without_timing_agai
     assert first.path == "fp32" and read_choices(tmp_path) == {}
     monkeypatch.setattr(select, "AUTO_MIN_PARAMS", 0)
     monkeypatch.setattr(select, "auto_candidates", lambda features, device: (["int8"], {}))
+    one_off = choose_query_path(prompted, "auto", cache_dir=tmp_path, choose=False)  # a CLI query: no choice made
+    assert one_off.path == "fp32" and read_choices(tmp_path) == {}
     chosen = choose_query_path(prompted, "auto", cache_dir=tmp_path)
     [record] = read_choices(tmp_path).values()
     assert record["path"] == chosen.path and record["requested"] == "auto" and record["cpu"]
@@ -172,6 +174,9 @@ def test_an_auto_choice_is_remembered_per_machine_and_reused_without_timing_agai
     again = choose_query_path(prompted, "auto", cache_dir=tmp_path)
     assert again.path == chosen.path and "remembered" in again.note and again.requested == "auto"
     assert set(timed) <= {"fp32", chosen.path}, "only the remembered path is built again"
+    timed.clear()
+    trusted = choose_query_path(prompted, "auto", cache_dir=tmp_path, choose=False, check=False)
+    assert trusted.path == chosen.path and "remembered" in trusted.note and timed == [], "reused without timing"
     # another encoder (other prompts) on the same machine is not given this machine's choice for the first one
     other = tiny_prompted(PromptSpec(2))
     choose_query_path(other, "auto", cache_dir=tmp_path)

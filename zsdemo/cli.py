@@ -148,8 +148,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     cache = config.cache_dir
     encoder = _encoder(_serve_config(args, _load_manifest(cache)))
     engine = SearchEngine(encoder, Gallery.open(cache, encoder))
-    if args.query_type == "sketch":  # the path chosen on this machine before is reused (zsdemo.query.select)
-        prepare_query_path(encoder)
+    if args.query_type == "sketch":  # the path chosen on this machine before, if any; one query never pays for a choice
+        prepare_query_path(encoder, choose=False, check=False)
     if args.query_type == "photo":
         result = engine.search_photo(args.query, k=args.k)
     else:

@@ -170,8 +170,9 @@ class OnnxQueryModel(nn.Module):
 
 
 def onnx_query_model(prompted: PromptedViT, precision: str, folder: Path, key: str,
-                     probe_images: torch.Tensor | None = None) -> OnnxQueryModel:
-    """Export (or reuse) `folder/<key>-fp32.onnx`, quantise (or reuse) the int8 file, open an ORT session."""
+                     probe_images: torch.Tensor | None = None, variant: str | None = None) -> OnnxQueryModel:
+    """Export (or reuse) `folder/<key>-fp32.onnx`, quantise (or reuse) the int8 file, open an ORT session.
+    `variant` ("s8" / "u8", as chosen before) opens that int8 file without trying the other."""
     fp32_file = folder / f"{key}-fp32.onnx"
     if fp32_file.is_file():
         log.info("query path %s: reusing %s", precision, fp32_file)
@@ -184,6 +185,11 @@ def onnx_query_model(prompted: PromptedViT, precision: str, folder: Path, key: s
     probe_images = default_probe_images(prompted) if probe_images is None else probe_images
     best: OnnxQueryModel | None = None
     best_cos = -2.0
+    if variant in ("s8", "u8"):
+        file = folder / f"{key}-int8{variant}.onnx"
+        if not file.is_file():
+            quantize_onnx(fp32_file, file, variant)
+        return OnnxQueryModel(ort_session(file), prompted, precision, file, variant).eval()
     for weights in ("s8", "u8"):
         file = folder / f"{key}-int8{weights}.onnx"
         if not file.is_file():

@@ -29,7 +29,8 @@ from zsdemo.query.torch_paths import torch_bf16, torch_int8
 
 
 def make_query_model(prompted: PromptedViT, precision: str, *, cache_dir: str | os.PathLike[str] | None = None,
-                     key: str | None = None, probe_images: torch.Tensor | None = None) -> nn.Module:
+                     key: str | None = None, probe_images: torch.Tensor | None = None,
+                     variant: str | None = None) -> nn.Module:
     """The model that encodes sketches on path `precision` (a name in QUERY_PATHS or ALIASES, not "auto").
 
     - fp32: `prompted` unchanged (never modified by building any other path);
@@ -53,5 +54,5 @@ def make_query_model(prompted: PromptedViT, precision: str, *, cache_dir: str | 
         return torch_int8(prompted)
     if name in ("onnx-fp32", "onnx-int8"):
         folder = Path(cache_dir) if cache_dir is not None else query_cache_dir()
-        return onnx_query_model(prompted, name, folder, key or onnx_cache_key(prompted), probe_images)
+        return onnx_query_model(prompted, name, folder, key or onnx_cache_key(prompted), probe_images, variant)
     raise ZsdemoError(f"query_precision {precision!r} names no single path (auto is resolved by select_query_path).")

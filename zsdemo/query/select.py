@@ -194,8 +194,8 @@ def _time_models(models: dict[str, nn.Module], one: torch.Tensor, table: dict[st
         table[name].ms = float(np.median(t))
 
 
-def _path_builder(prompted: PromptedViT, folder: Path, fingerprint: str | None, probe_images: torch.Tensor,
-                  builders: dict[str, Callable[[], nn.Module]] | None) -> BuildFn:
+def _path_builder(prompted: PromptedViT, folder: Path, fingerprint: str | None, probe_images: torch.Tensor | None,
+                  builders: dict[str, Callable[[], nn.Module]] | None, variant: str | None = None) -> BuildFn:
     key_cache: list[str] = []
 
     def build(name: str) -> nn.Module:
@@ -204,7 +204,8 @@ def _path_builder(prompted: PromptedViT, folder: Path, fingerprint: str | None, 
         if name.startswith("onnx-"):
             if not key_cache:
                 key_cache.append(onnx_cache_key(prompted, fingerprint))
-            return make_query_model(prompted, name, cache_dir=folder, key=key_cache[0], probe_images=probe_images)
+            return make_query_model(prompted, name, cache_dir=folder, key=key_cache[0], probe_images=probe_images,
+                                    variant=variant)
         return make_query_model(prompted, name)
 
     return build
@@ -293,7 +294,8 @@ def read_choices(folder: Path | None = None) -> dict[str, dict[str, Any]]:
 def _remember(folder: Path, key: str, selection: Selection) -> None:
     """Add one choice to the record, atomically (two processes choosing at once: one of them wins, whole)."""
     choices = read_choices(folder)
-    choices[key] = {"path": selection.path, "requested": selection.requested, "cpu": cpu_label(selection.cpu),
+    choices[key] = {"path": selection.path, "variant": selection.report["variant"], "requested": selection.requested,
+                    "cpu": cpu_label(selection.cpu),
                     "ms": selection.report["ms"], "fp32_ms": selection.report["fp32_ms"],
                     "chose_in_s": round(selection.seconds, 2), "when": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     with contextlib.suppress(OSError):
@@ -305,10 +307,11 @@ def _remember(folder: Path, key: str, selection: Selection) -> None:
 
 def choose_query_path(prompted: PromptedViT, requested: str = AUTO, *, probe_images: torch.Tensor | None = None,
                       device: str = "cpu", cache_dir: str | os.PathLike[str] | None = None,
-                      fingerprint: str | None = None) -> Selection:
-    """`select_query_path`, remembered: with `requested` "auto", a choice made before on this machine for the
-    same encoder is rebuilt (and checked on the probes) without timing the other candidates; a new choice that
-    timed something is written down for the next start."""
+                      fingerprint: str | None = None, choose: bool = True, check: bool = True) -> Selection:
+    """`select_query_path`, remembered. With `requested` "auto", a choice made before on this machine for the same
+    encoder is rebuilt from its cached files (and, `check`, its cosine checked on the probes again) without timing
+    the other candidates. With none remembered, the choice is made and written down (`choose`), or fp32 is used
+    (`choose=False`: a one-off command never pays for a choice)."""
     requested_name = canonical_path(requested)
     folder = Path(cache_dir) if cache_dir is not None else query_cache_dir()
     if requested_name != AUTO or torch.device(device).type != "cpu":
@@ -317,13 +320,11 @@ def choose_query_path(prompted: PromptedViT, requested: str = AUTO, *, probe_ima
     key = choice_key(prompted, requested_name, fingerprint, cpu_features())
     known = read_choices(folder).get(key)
     if known and known.get("path") in QUERY_PATHS:
-        selection = select_query_path(prompted, known["path"], probe_images=probe_images, device=device,
-                                      cache_dir=folder, fingerprint=fingerprint, repeats=3, budget_s=1.0)
-        if selection.path == known["path"]:
-            selection.requested = AUTO
-            selection.note = f"chosen on this machine before (in {known.get('chose_in_s', '?')} s); remembered"
-            return selection
-        log.warning("the remembered query path %s no longer passes its check here: choosing again", known["path"])
+        remembered = _recall(prompted, known, probe_images, device, folder, fingerprint, check)
+        if remembered is not None:
+            return remembered
+    if not choose:
+        return select_query_path(prompted, "fp32", probe_images=probe_images, device=device, cache_dir=folder)
     selection = select_query_path(prompted, AUTO, probe_images=probe_images, device=device, cache_dir=folder,
                                   fingerprint=fingerprint)
     if len([c for c in selection.candidates.values() if c.ms is not None]) > 1:
@@ -331,12 +332,37 @@ def choose_query_path(prompted: PromptedViT, requested: str = AUTO, *, probe_ima
     return selection
 
 
+def _recall(prompted: PromptedViT, known: dict[str, Any], probe_images: torch.Tensor | None, device: str,
+            folder: Path, fingerprint: str | None, check: bool) -> Selection | None:
+    """The remembered path, rebuilt; None when it no longer passes its check (or cannot be built) here."""
+    note = f"chosen on this machine before (in {known.get('chose_in_s', '?')} s); remembered"
+    if not check:
+        started = time.perf_counter()
+        try:
+            model = _path_builder(prompted, folder, fingerprint, probe_images, None, known.get("variant"))(known["path"])
+        except Exception as exc:
+            log.warning("the remembered query path %s cannot be built here (%s): fp32", known["path"], exc)
+            return None
+        candidate = Candidate(known["path"], ms=known.get("ms"), ok=True, note="remembered, not re-checked")
+        return Selection(path=known["path"], model=model, requested=AUTO, cpu=cpu_features(),
+                         candidates={known["path"]: candidate}, seconds=time.perf_counter() - started, note=note)
+    selection = select_query_path(prompted, known["path"], probe_images=probe_images, device=device, cache_dir=folder,
+                                  fingerprint=fingerprint, repeats=3, budget_s=1.0)
+    if selection.path != known["path"]:
+        log.warning("the remembered query path %s no longer passes its check here: choosing again", known["path"])
+        return None
+    selection.requested, selection.note = AUTO, note
+    return selection
+
+
 def prepare_query_path(encoder: SketchPhotoEncoder, requested: str | None = None,
-                       cache_dir: str | os.PathLike[str] | None = None) -> Selection:
+                       cache_dir: str | os.PathLike[str] | None = None, choose: bool = True,
+                       check: bool = True) -> Selection:
     """Choose (or recall) the sketch query path for `encoder` (`requested`, default its configured precision) and
-    switch the encoder to it. Until this returns, the encoder answers sketch queries in fp32."""
+    switch the encoder to it (`choose`, `check`: see choose_query_path). Until this returns, the encoder answers
+    sketch queries in fp32."""
     selection = choose_query_path(encoder.prompted, requested or encoder.cfg.query_precision,
                                   probe_images=encoder_probe_images(encoder), device=encoder.cfg.device,
-                                  cache_dir=cache_dir, fingerprint=encoder.fingerprint())
+                                  cache_dir=cache_dir, fingerprint=encoder.fingerprint(), choose=choose, check=check)
     encoder.use_query_path(selection.path, selection.model, selection.report)
     return selection
