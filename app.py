@@ -56,7 +56,7 @@ from zsdemo.limits import (
 from zsdemo.model.preprocess import PHOTO_EXTENSIONS, is_strokes_value
 from zsdemo.serve.modes import CATEGORY, FINE_GRAINED, MODE_FLAGS, check_prompt_kind, served_modes
 from zsdemo.serve.outcomes import SearchOutcome
-from zsdemo.serve.service import SearchService
+from zsdemo.serve.service import SearchService, find_thumbnail, thumbnail_folders
 from zsdemo.serve.weblog import quiet_dropped_connections
 
 log = logging.getLogger("zsdemo.app")
@@ -302,16 +302,41 @@ def small_preview(image: Image.Image | None) -> Image.Image | None:
     return image
 
 
-def render_search(outcome: SearchOutcome, sketch: Any, mode: str | None = None) -> SearchView:
-    """(results gallery, model's view, status line, hits state, sketch state). `mode`: the mode searched."""
+THUMB_ROUTE = "/zs/thumbs"  # thumbnails by their content-addressed file name only (`thumbnail_routes`)
+
+
+def root_url(request: gr.Request | None) -> str:
+    """The app's public address as the browser sees it (a Space's proxy included), for the thumbnails' URLs: Gradio
+    keeps an http(s) URL as it is, where a file path would be served through its file route (which shows the path)."""
+    if request is None:
+        return ""
+    from gradio.route_utils import get_root_url
+
+    inner = getattr(request, "request", None) or request
+    try:
+        path = str(inner.url.path)
+        route = path[path.find("/gradio_api/"):] if "/gradio_api/" in path else path
+        return get_root_url(request=inner, route_path=route, root_path=None)
+    except Exception:  # noqa: BLE001 - a request without a usable URL: the thumbnails' URLs are relative then
+        log.debug("no root URL for this request", exc_info=True)
+        return ""
+
+
+def thumbnail_url(hit: Any, root: str = "") -> str:
+    """Where the page loads a hit's thumbnail: its file name under THUMB_ROUTE (no server folder in it)."""
+    return f"{root}{THUMB_ROUTE}/{Path(hit.thumbnail).name}"
+
+
+def render_search(outcome: SearchOutcome, sketch: Any, mode: str | None = None, root: str = "") -> SearchView:
+    """(results gallery, model's view, status line, hits state, sketch state). `mode`: the mode searched; `root`: the
+    app's address (`root_url`). The hits state keeps names and modes only: a click asks the service for the photo."""
     if outcome.kind == "empty":
         return [], None, EMPTY_HINT, [], sketch
     if outcome.kind != "ok":
         icon = "⏳" if outcome.retry else "⚠️"
         return [], None, f"{icon} {_redact(outcome.message)}", [], sketch
-    items = [(str(hit.thumbnail), f"{hit.score:.3f} · {neutralise(hit.name)}") for hit in outcome.hits]
-    hits = [{"name": hit.name, "photo": str(hit.photo), "thumbnail": str(hit.thumbnail), "score": hit.score,
-             "mode": mode} for hit in outcome.hits]
+    items = [(thumbnail_url(hit, root), f"{hit.score:.3f} · {neutralise(hit.name)}") for hit in outcome.hits]
+    hits = [{"name": hit.name, "score": hit.score, "mode": mode} for hit in outcome.hits]
     return items, small_preview(outcome.preview), f"{outcome.message} Click a result to see why it matched.", hits, sketch
 
 
@@ -344,14 +369,15 @@ class Page:
 
     # ---- search ------------------------------------------------------------------------------
     def run_search(self, sketch: Any, k: Any, text: Any, text_weight: Any, mode: Any, gate: Gate | None = None,
-                   client: str | None = None) -> PageView:
+                   request: gr.Request | None = None) -> PageView:
         try:
-            self.search_rate.check(client)
+            self.search_rate.check(client_key(request))
             with (gate or self.searching).enter():
                 outcome = self.service.search(sketch, k, text, text_weight, mode or None)
         except ZsdemoError as exc:  # busy or rate-limited: a readable answer, nothing queued
             outcome = SearchOutcome("error", str(exc))
-        view = render_search(outcome, sketch, mode if isinstance(mode, str) and mode else self.modes[0])
+        view = render_search(outcome, sketch, mode if isinstance(mode, str) and mode else self.modes[0],
+                             root_url(request))
         return (*view, outcome.kind == "not_ready" and outcome.retry)
 
     def search(self, sketch: str | None, k: float | None = None, text: str | None = None,
@@ -366,7 +392,7 @@ class Page:
         if not is_strokes_value(sketch):
             return empty_view("⚠️ /search takes the canvas's strokes as JSON ({\"width\", \"height\", \"strokes\"}); "
                               "send a picture of a sketch to /search_upload instead.")
-        return self.run_search(sketch, k, text, text_weight, mode, client=client_key(request))
+        return self.run_search(sketch, k, text, text_weight, mode, request=request)
 
     def search_upload(self, path: str | None, k: float | None = None, text: str | None = None,
                       text_weight: float | None = None, mode: str | None = None,
@@ -375,11 +401,11 @@ class Page:
             return empty_view()
         if self.service.is_served_file(str(path)):
             return empty_view("⚠️ That file is one this app serves; upload a picture of a sketch instead.")
-        return self.run_search(str(path), k, text, text_weight, mode, self.upload_searching, client_key(request))
+        return self.run_search(str(path), k, text, text_weight, mode, self.upload_searching, request)
 
     def rerun(self, sketch: Any, k: float | None, text: str | None, weight: float | None,
-              mode: str | None) -> PageView:
-        return self.run_search(sketch, k, text, weight, mode) if sketch else empty_view()
+              mode: str | None, request: gr.Request = None) -> PageView:  # type: ignore[assignment]
+        return self.run_search(sketch, k, text, weight, mode, request=request) if sketch else empty_view()
 
     # ---- start-up: progress, and the sketch drawn before the gallery was ready ----------------------
     def ready_modes(self) -> list[str]:
@@ -387,7 +413,8 @@ class Page:
                 and self.service.mode(name).status.phase == "ready"]
 
     def poll(self, sketch: Any, k: float | None, text: str | None, weight: float | None, mode: str | None,
-             waiting: bool | None, was_settled: bool | None) -> tuple[Any, ...]:
+             waiting: bool | None, was_settled: bool | None,
+             request: gr.Request = None) -> tuple[Any, ...]:  # type: ignore[assignment]
         """The start-up timer: banner, warning and info line; and the sketch that heard "still preparing" (`waiting`)
         is searched again as soon as its mode is ready, without a stroke. The timer stops on the second settled
         tick, so a sketch whose answer crossed the first one on the wire is still re-run."""
@@ -396,7 +423,7 @@ class Page:
                 gr.Timer(active=not (settled and was_settled)), settled)
         wanted = mode if mode in self.modes else self.modes[0]
         if sketch and waiting and wanted in self.ready_modes():
-            return (*page, *self.rerun(sketch, k, text, weight, mode))
+            return (*page, *self.rerun(sketch, k, text, weight, mode, request))
         return (*page, *(gr.skip() for _ in range(6)))
 
     def refresh(self) -> tuple[str, str, str]:
@@ -418,10 +445,13 @@ class Page:
         if index is None or not 0 <= index < len(hits or []):
             return None, "", gr.Row(visible=False)
         hit = hits[index]
-        from zsdemo.store.layout import Hit
-
-        found = Hit(hit["name"], Path(hit["photo"]), Path(hit["thumbnail"]), hit["score"])
-        title = f"**#{index + 1} · {hit['name']}** · similarity {hit['score']:.3f}"
+        try:  # the photo is looked up by name in the mode's gallery: the page's state holds no server path
+            found = self.service.find_photo(hit["name"], hit.get("mode"))
+        except ZsdemoError as exc:
+            return None, f"⚠️ {exc}", gr.Row(visible=True)
+        title = f"**#{index + 1} · {neutralise(hit['name'])}** · similarity {hit['score']:.3f}"
+        if found is None:
+            return None, f"{title}  \n⚠️ This photo is no longer in the gallery; draw again.", gr.Row(visible=True)
         if len(self.modes) > 1:
             title += f" · {self.service.mode(hit.get('mode')).label}"
         if sketch:
@@ -622,7 +652,6 @@ def wire(c: Controls, page: Page) -> None:
 # ---------------------------------------------------------------------------------------------
 def build_demo(service: SearchService) -> gr.Blocks:
     """The Blocks app around `service` (not launched; `main` and tests launch it)."""
-    gr.set_static_paths(service.thumbnail_folders())  # results are thumbnails, served as static files
     quiet_client_errors()
     page = Page(service)
     with gr.Blocks(title="Sketch search", delete_cache=(3600, 3600)) as demo:
@@ -634,12 +663,45 @@ def build_demo(service: SearchService) -> gr.Blocks:
     return demo
 
 
+# A thumbnail's URL (THUMB_ROUTE/<file name>), also as gradio_client asks for it: through Gradio's file route
+# (`/gradio_api/file=<the URL>`), which would otherwise fetch it over the network and refuse the app's own address
+_THUMB_REQUEST = re.compile(r"(?:/gradio_api/file=https?://[^/]+)?(?:/[\w.~-]+)*?" + re.escape(THUMB_ROUTE) + r"/([^/]*)")
+
+
+class ThumbnailFiles:
+    """ASGI middleware answering GET THUMB_ROUTE/<file name>: the results' thumbnails, looked up by their content-
+    addressed file name in the thumbnail folders only (zsdemo.serve.service.find_thumbnail), so their URLs carry no
+    server folder. A browser may keep them (a name never changes content), so repeated results cost no request."""
+
+    def __init__(self, app: Any, folders: list[Path]) -> None:
+        self.app, self.folders = app, folders
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        match = _THUMB_REQUEST.fullmatch(scope.get("path", "")) if scope["type"] == "http" else None
+        if match is None or scope.get("method") not in ("GET", "HEAD"):
+            await self.app(scope, receive, send)
+            return
+        from starlette.responses import FileResponse, PlainTextResponse
+
+        path = find_thumbnail(self.folders, match.group(1))
+        response = PlainTextResponse("No such thumbnail.", status_code=404) if path is None else FileResponse(
+            path, media_type="image/jpeg", headers={"Cache-Control": "public, max-age=86400, immutable"})
+        await response(scope, receive, send)
+
+
+def thumbnail_middleware(config: ServeConfig) -> Any:
+    from starlette.middleware import Middleware
+
+    return Middleware(ThumbnailFiles, folders=thumbnail_folders(config))
+
+
 def launch_kwargs(config: ServeConfig) -> dict[str, Any]:
-    """Launch options shared by `main`, tests and benchmarks. No extra allowed_paths: thumbnails are
-    served as static files; everything else returned to the page goes through Gradio's own cache."""
+    """Launch options shared by `main`, tests and benchmarks. No extra allowed_paths and no static paths: thumbnails
+    come from THUMB_ROUTE (`ThumbnailFiles`, a middleware of the app itself); everything else returned to the page goes
+    through Gradio's own cache."""
     return {"server_name": config.host or None, "server_port": config.port, "share": config.share,
             "max_file_size": f"{config.max_upload_mb}mb", "show_error": True, "css": page_file("page.css"),
-            "footer_links": ["api", "gradio"]}
+            "footer_links": ["api", "gradio"], "app_kwargs": {"middleware": [thumbnail_middleware(config)]}}
 
 
 def check_prompt_flags(config: ServeConfig) -> None:

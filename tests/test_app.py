@@ -41,8 +41,11 @@ def test_failed_startup_does_not_say_loading_forever(tmp_path):
 def test_render_search_results_and_messages(service):
     items, preview, status, hits, current = app.render_search(service.search(canvas_value("circle"), 5), "sketch")
     assert len(items) == 5 == len(hits) and current == "sketch"
-    for (thumb, caption), hit in zip(items, hits, strict=True):
-        assert Path(thumb).parent == service.engine.gallery.thumbs_dir and caption == f"{hit['score']:.3f} · {hit['name']}"
+    for (thumb, caption), hit in zip(items, hits, strict=True):  # a route and a file name: no server folder
+        assert thumb.startswith(app.THUMB_ROUTE + "/") and thumb.count("/") == 3, thumb
+        assert service.thumbnail_file(thumb.rsplit("/", 1)[1]).parent == service.engine.gallery.thumbs_dir
+        assert caption == f"{hit['score']:.3f} · {hit['name']}" and set(hit) == {"name", "score", "mode"}
+    assert str(service.cache_dir.resolve()) not in repr((items, hits)) and str(Path.cwd()) not in repr((items, hits))
     assert isinstance(preview, Image.Image) and "5 best of" in status and " ms" in status
     assert app.render_search(service.search(None), None)[2] == app.EMPTY_HINT
     assert app.render_search(service.search('{"strokes": 7}'), None)[2].startswith("⚠️")
@@ -63,14 +66,73 @@ def test_demo_wiring(service):
     assert by_name["search_upload"].concurrency_id == "search_upload" and by_name["explain"].concurrency_id == "explain"
 
 
+def page_request(path: str = "/gradio_api/run/predict"):
+    """A request as the page's POST arrives (for handlers that build the thumbnails' URLs from it)."""
+    import gradio as gr
+    from starlette.requests import Request
+
+    scope = {"type": "http", "method": "POST", "path": path, "query_string": b"", "scheme": "http",
+             "server": ("127.0.0.1", 7860), "client": ("127.0.0.1", 50000), "root_path": "",
+             "headers": [(b"host", b"127.0.0.1:7860")]}
+    return gr.Request(request=Request(scope))
+
+
+def test_thumbnail_urls_name_no_server_folder_and_clicks_need_no_path(service, monkeypatch):
+    """Results reference thumbnails by file name on the app's own route; the page's state keeps names and modes only,
+    and a click asks the service for the photo by name (a photo path in the state is never used)."""
+    page = app.Page(service)
+    value = canvas_value("circle")
+    items, _, status, hits, current, _ = page.search(value, 3, request=page_request())
+    assert len(items) == 3 and all(url.startswith("http://127.0.0.1:7860/zs/thumbs/") for url, _ in items)
+    behind_proxy = page_request()
+    behind_proxy.request.scope["headers"] += [(b"x-forwarded-host", b"me-sketch.hf.space"),
+                                               (b"x-forwarded-proto", b"https")]
+    assert page.search(value, 1, request=behind_proxy)[0][0][0].startswith("https://me-sketch.hf.space/zs/thumbs/")
+    assert all(set(hit) == {"name", "score", "mode"} for hit in hits)
+    asked = []
+    find = service.find_photo
+    monkeypatch.setattr(service, "find_photo", lambda name, mode=None: asked.append((name, mode)) or find(name, mode))
+    import gradio as gr
+
+    image, caption, _ = page.show_photo(hits, current, gr.SelectData(None, {"index": 1, "value": None}))
+    assert image is not None and "Why this photo" in caption and asked == [(hits[1]["name"], hits[1]["mode"])]
+    gone = [{"name": "no/such.jpg", "score": 0.5, "mode": hits[0]["mode"]}]
+    image, caption, _ = page.show_photo(gone, current, gr.SelectData(None, {"index": 0, "value": None}))
+    assert image is None and "no longer in the gallery" in caption
+
+
+def test_thumbnail_route_serves_only_thumbnail_names(service):
+    import fastapi
+    from starlette.testclient import TestClient
+
+    web = fastapi.FastAPI(middleware=[app.thumbnail_middleware(service.config)])
+    web.get("/gradio_api/file={rest:path}")(lambda rest: {"gradio": rest})  # stands in for Gradio's file route
+    name = service.search(canvas_value(), 1).hits[0].thumbnail.name
+    with TestClient(web) as http:
+        ok = http.get(f"{app.THUMB_ROUTE}/{name}")
+        assert ok.status_code == 200 and ok.headers["content-type"] == "image/jpeg" and "immutable" in ok.headers[
+            "cache-control"]
+        # gradio_client downloads a file by its URL through Gradio's file route: answered here, not fetched
+        via_gradio = http.get(f"/gradio_api/file=http%3A//127.0.0.1%3A7860{app.THUMB_ROUTE}/{name}")
+        assert via_gradio.status_code == 200 and via_gradio.content == ok.content
+        assert http.get("/gradio_api/file=/etc/passwd").json() == {"gradio": "/etc/passwd"}  # the rest: Gradio's
+        for bad in ("..%2FCURRENT", "%2E%2E", "CURRENT", "x.png", f"{name}%00", "..%2F..%2Fapp.py", "a" * 200 + ".jpg"):
+            assert http.get(f"{app.THUMB_ROUTE}/{bad}").status_code == 404, bad
+    assert service.thumbnail_file("../CURRENT") is None and service.thumbnail_file(None) is None
+
+
 def test_canvas_endpoint_through_process_api(service):
     """The canvas's real value (strokes JSON) through Gradio's preprocess and the Gallery postprocess."""
     demo = app.build_demo(service)
     fn = next(f for f in demo.fns.values() if f.api_name == "search")
     value = canvas_value("circle")
-    out = asyncio.run(demo.process_api(block_fn=fn, inputs=[value, 4, "", 0.0, "plain"], state=None))
+    out = asyncio.run(demo.process_api(block_fn=fn, inputs=[value, 4, "", 0.0, "plain"], state=None,
+                                       request=page_request()))
     gallery, preview, status = out["data"][:3]
     assert len(gallery) == 4 and preview is not None and "4 best of" in status
+    for item in gallery:  # thumbnails by URL on the app's own route, not Gradio's file route with their path
+        assert item["image"]["url"].startswith("http://127.0.0.1:7860/zs/thumbs/"), item
+    assert str(service.cache_dir.resolve()) not in str(out) and str(Path.cwd()) not in str(out)
     assert [item["caption"] for item in gallery] == [f"{h.score:.3f} · {h.name}" for h in service.search(value, 4).hits]
 
 

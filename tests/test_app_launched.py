@@ -133,9 +133,39 @@ def test_only_thumbnails_are_served(served, client, tmp_path):
     def get(path: Path | str) -> int:
         return httpx.get(f"{url.rstrip('/')}/gradio_api/file={path}", timeout=10).status_code
 
-    assert get(thumb) == 200
-    for secret in ("/etc/passwd", Path(app.__file__).resolve(), manifest, photo, backend.cache_dir / "CURRENT"):
+    assert httpx.get(f"{url.rstrip('/')}{app.THUMB_ROUTE}/{thumb.name}", timeout=10).status_code == 200
+    # Gradio's file route serves none of them, not even the thumbnails by their path (no static paths)
+    for secret in ("/etc/passwd", Path(app.__file__).resolve(), manifest, photo, backend.cache_dir / "CURRENT", thumb):
         assert get(secret) in (403, 404), secret
+
+
+def test_no_response_shows_a_server_folder(served, client):
+    """Issue 15 ("Leaks"): neither /search over raw HTTP (the page's POST, and Gradio's queue as scripts use it) nor
+    the page, its config and its API description contain the cache's absolute path or the working folder; results
+    load from the app's thumbnail route by file name."""
+    from bench.client import QueueClient
+
+    backend, url, _ = served
+    base = url.rstrip("/")
+    secrets = {str(backend.cache_dir.resolve()), str(Path.cwd()), str(Path(app.__file__).resolve().parent)}
+    raw = QueueClient(url)
+    try:
+        fn = raw.fn_index("search")
+        data = raw.inputs("search", sketch=canvas_value("circle"))
+        queued = raw.call(fn, data)["output"]
+        direct = httpx.post(f"{base}/gradio_api/run/predict", json={"data": data, "fn_index": fn,
+                                                                      "session_hash": "leaktest01"}, timeout=60)
+        assert direct.status_code == 200, direct.text[:300]
+        texts = [str(queued), direct.text]
+        for item in direct.json()["data"][0]:
+            assert item["image"]["url"].startswith(f"{base}{app.THUMB_ROUTE}/"), item
+            assert httpx.get(item["image"]["url"], timeout=10).status_code == 200
+        texts += [httpx.get(f"{base}{path}", timeout=10).text for path in ("/", "/config", "/gradio_api/info")]
+    finally:
+        raw.close()
+    for text in texts:
+        leaked = [s for s in secrets if s in text]
+        assert not leaked, (leaked, text[:500])
 
 
 def test_uploaded_photos_appear_in_results(served, client, tmp_path):

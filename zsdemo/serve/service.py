@@ -16,6 +16,7 @@ the background. With no prompt file the one mode is "plain" CLIP (zsdemo.serve.m
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -41,7 +42,29 @@ from zsdemo.store.uploads import add_photos
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SearchService"]
+__all__ = ["SearchService", "THUMB_NAME", "find_thumbnail", "thumbnail_folders"]
+
+# A thumbnail's file name: content-addressed (zsdemo.store.layout.thumb_key), so it names no folder of the server
+THUMB_NAME = re.compile(r"[A-Za-z0-9_-]{1,100}\.jpg")
+
+
+def thumbnail_folders(config: ServeConfig) -> list[Path]:
+    """The folders whose files the page may show: every served mode's thumbnails (the first mode's in the cache, the
+    others in cache/mode-<name>), known from the configuration alone, before anything is loaded."""
+    cache = Path(config.cache_dir).resolve()
+    return [(cache if i == 0 else cache / f"mode-{name}") / "thumbs" for i, name in enumerate(served_modes(config))]
+
+
+def find_thumbnail(folders: Sequence[Path], name: Any) -> Path | None:
+    """The thumbnail called `name` (a hit's `thumbnail.name`) in `folders`, or None: only a bare content-addressed
+    file name is looked up, and only there, so no other file of the server can be asked for."""
+    if not isinstance(name, str) or not THUMB_NAME.fullmatch(name):
+        return None
+    for folder in folders:
+        path = folder / name
+        if path.is_file():
+            return path
+    return None
 
 
 class SearchService:
@@ -235,6 +258,10 @@ class SearchService:
     def thumbnail_folders(self) -> list[Path]:
         """The folders whose files the page may show (every mode's thumbnails), known before any gallery is open."""
         return [mode.cache_dir.resolve() / "thumbs" for mode in self._modes.values()]
+
+    def thumbnail_file(self, name: Any) -> Path | None:
+        """The thumbnail called `name` (a hit's `thumbnail.name`) in this app's thumbnail folders, or None."""
+        return find_thumbnail(self.thumbnail_folders(), name)
 
     # ---- what is loaded ----------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
