@@ -25,13 +25,16 @@ similarity map of the sketch to its patches (zsdemo.search.explain); `/explain` 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import html
 import logging
 import os
 import re
 import sys
+import threading
+import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -46,6 +49,7 @@ from zsdemo.limits import (
     BRUSH_SIZE,
     CANVAS_SIZE,
     DEFAULT_STROKE_LIMITS,
+    BusyError,
     Gate,
     RateLimiter,
     Redactor,
@@ -343,6 +347,59 @@ def render_search(outcome: SearchOutcome, sketch: Any, mode: str | None = None, 
 # ---------------------------------------------------------------------------------------------
 # The page's handlers: input checks, rate limits and gates around the service, then rendering
 # ---------------------------------------------------------------------------------------------
+class ClientSlots:
+    """Fair sharing of the search slots: per client (`client_key`), at most `limit` searches running or waiting for a
+    slot; the client's next one waits (at most `wait_s`) for one of its own to finish, outside the shared gate, and at
+    most `max_waiting` of a client's wait at all (beyond: "busy" at once). So one client on two connections (two tabs,
+    a script) cannot hold both of two slots while others wait. Only clients with a search in progress are kept."""
+
+    def __init__(self, limit: int, max_waiting: int = 2, wait_s: float = 10.0) -> None:
+        self.limit, self.max_waiting, self.wait_s = max(1, limit), max(0, max_waiting), wait_s
+        self._cond = threading.Condition()
+        self._active: dict[str, list[int]] = {}  # client -> [searches holding a turn, searches waiting for one]
+
+    @contextlib.contextmanager
+    def enter(self, client: str | None) -> Iterator[None]:
+        if client is None:
+            yield
+            return
+        self._take(client)
+        try:
+            yield
+        finally:
+            with self._cond:
+                counts = self._active[client]
+                counts[0] -= 1
+                if counts == [0, 0]:
+                    del self._active[client]
+                self._cond.notify_all()
+
+    def _take(self, client: str) -> None:
+        deadline = time.monotonic() + self.wait_s
+        with self._cond:
+            counts = self._active.setdefault(client, [0, 0])
+            if counts[0] >= self.limit and counts[1] >= self.max_waiting:
+                raise BusyError("You already have searches running; wait for them and try again.")
+            counts[1] += 1
+            try:
+                while counts[0] >= self.limit:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise BusyError("Your earlier searches are still running; try again in a few seconds.")
+                    self._cond.wait(left)
+            except BaseException:
+                counts[1] -= 1
+                if counts == [0, 0]:
+                    del self._active[client]
+                raise
+            counts[1] -= 1
+            counts[0] += 1
+
+    def held(self, client: str) -> int:
+        with self._cond:
+            return self._active.get(client, [0, 0])[0]
+
+
 def empty_view(message: str = EMPTY_HINT) -> PageView:
     return [], None, message, [], None, False
 
@@ -358,6 +415,7 @@ class Page:
         cfg = service.config
         self.service, self.modes, self.redact = service, service.modes, redactor_for(cfg)
         self.searching = Gate("search", cfg.concurrency, max_waiting=max(1, cfg.queue_size), wait_s=10.0)
+        self.per_client = ClientSlots(max(1, cfg.concurrency // 2))  # one client never holds every search slot
         self.upload_searching = Gate("uploaded-sketch search", 1, max_waiting=max(1, cfg.queue_size // 4), wait_s=20.0)
         self.search_rate = RateLimiter("search", per_second=8.0, burst=40)
         self.upload_rate = RateLimiter("upload", per_second=0.2, burst=5)
@@ -370,9 +428,10 @@ class Page:
     # ---- search ------------------------------------------------------------------------------
     def run_search(self, sketch: Any, k: Any, text: Any, text_weight: Any, mode: Any, gate: Gate | None = None,
                    request: gr.Request | None = None) -> PageView:
+        client = client_key(request)
         try:
-            self.search_rate.check(client_key(request))
-            with (gate or self.searching).enter():
+            self.search_rate.check(client)
+            with self.per_client.enter(client if gate is None else None), (gate or self.searching).enter():
                 outcome = self.service.search(sketch, k, text, text_weight, mode or None)
         except ZsdemoError as exc:  # busy or rate-limited: a readable answer, nothing queued
             outcome = SearchOutcome("error", str(exc))

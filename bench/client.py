@@ -48,15 +48,16 @@ def stop_app(proc: Any) -> None:
 
 
 class QueueClient:
-    """Gradio's queue protocol over raw HTTP (what the page's JS client does; no gradio_client):
+    """Gradio's queue protocol over raw HTTP (what the page's JS client does; no gradio_client), and the one POST of
+    an unqueued event:
     POST /gradio_api/queue/join {data, fn_index, session_hash} -> {event_id}, then
     GET /gradio_api/queue/data?session_hash=... (server-sent events) until `process_completed`."""
 
-    def __init__(self, url: str, timeout: float = 120.0) -> None:
+    def __init__(self, url: str, timeout: float = 120.0, headers: dict[str, str] | None = None) -> None:
         import httpx
 
         self.url = url.rstrip("/")
-        self.http = httpx.Client(timeout=timeout)
+        self.http = httpx.Client(timeout=timeout, headers=headers)
         self.config = self.http.get(f"{self.url}/config").json()
 
     def close(self) -> None:
@@ -94,9 +95,31 @@ class QueueClient:
             raise RuntimeError(f"join refused: HTTP {joined.status_code} {joined.text[:200]}")
         return str(joined.json()["event_id"])
 
-    def call(self, fn_index: int, data: list[Any], session_hash: str | None = None) -> dict[str, Any]:
+    def queued(self, fn_index: int) -> bool:
+        """Whether the event goes through Gradio's queue (else the page sends one POST /gradio_api/run/predict)."""
+        return self.config["dependencies"][fn_index].get("queue") is not False
+
+    def predict(self, fn_index: int, data: list[Any], session_hash: str | None = None) -> dict[str, Any]:
+        """An unqueued event as the page sends it: one POST /gradio_api/run/predict, the result in its response.
+        The same answer as `call` (messages: the POST sent and its answer, as process_starts / process_completed)."""
+        started = time.perf_counter()
+        response = self.http.post(f"{self.url}/gradio_api/run/predict",
+                                  json={"data": data, "fn_index": fn_index, "session_hash": session_hash or
+                                        uuid.uuid4().hex[:11], "event_data": None, "trigger_id": None})
+        seconds = time.perf_counter() - started
+        if response.status_code != 200:
+            raise RuntimeError(f"predict refused: HTTP {response.status_code} {response.text[:200]}")
+        output = response.json()
+        return {"output": output.get("data"), "messages": [(0.0, "process_starts"), (seconds, "process_completed")],
+                "duration": output.get("duration"), "seconds": seconds}
+
+    def call(self, fn_index: int, data: list[Any], session_hash: str | None = None,
+             queue: bool | None = None) -> dict[str, Any]:
         """One event: {'output': [...], 'messages': [(seconds since the join was sent, msg), ...], 'seconds',
-        'duration' (the function's own time, as Gradio measured it)}. Raises RuntimeError on failure."""
+        'duration' (the function's own time, as Gradio measured it)}. Raises RuntimeError on failure. `queue`: None
+        = the way the page sends it (an unqueued event, the canvas's /search: `predict`), True = through the queue."""
+        if not (self.queued(fn_index) if queue is None else queue):
+            return self.predict(fn_index, data, session_hash)
         session = session_hash or uuid.uuid4().hex[:11]
         started = time.perf_counter()
         event_id = self._join(fn_index, data, session)

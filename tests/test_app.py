@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
@@ -222,3 +223,66 @@ def test_error_banner_shows_code_as_code_and_no_server_paths(service, tmp_path):
     assert "/path/to/open_clip_model.safetensors" in banner and "<br>" in banner  # advice and line breaks kept
     assert app.warning_html(s) and "Random backbone weights" in app.warning_html(s)
     assert app.warning_html(SearchService(ServeConfig(cache=str(tmp_path / "c2")))) == ""
+
+
+def test_one_client_on_two_connections_does_not_hold_both_search_slots(service, monkeypatch):
+    """Issue 15, fair sharing: with two search slots, one client's two searches at once run one after the other, so
+    another client's search finds a free slot at once; a different client is not slowed by the first one's queue."""
+    import threading
+    import time
+
+    page = app.Page(service)
+    assert page.searching.limit == 2 and page.per_client.limit == 1
+    search, seen, lock = service.search, [], threading.Lock()
+
+    def slow(*args, **kwargs):
+        with lock:
+            seen.append(("start", threading.current_thread().name))
+        time.sleep(0.3)
+        return search(*args, **kwargs)
+
+    monkeypatch.setattr(service, "search", slow)
+
+    def from_client(address: str, name: str) -> threading.Thread:
+        request = page_request()
+        request.request.scope["headers"] += [(b"x-forwarded-for", address.encode())]
+        return threading.Thread(target=page.search, args=(canvas_value(),), kwargs={"request": request}, name=name)
+
+    greedy = [from_client("10.0.0.1", f"greedy{i}") for i in range(2)]
+    for t in greedy:
+        t.start()
+    time.sleep(0.1)
+    assert page.per_client.held("10.0.0.1") == 1  # the second waits outside the shared slots
+    other = from_client("10.0.0.2", "other")
+    other.start()
+    time.sleep(0.1)
+    assert page.per_client.held("10.0.0.2") == 1  # took the free slot at once
+    for t in (*greedy, other):
+        t.join()
+    assert [name for _, name in seen][:2] in (["greedy0", "other"], ["greedy1", "other"])
+    assert page.per_client._active == {}  # nothing kept once the searches are done
+
+
+def test_client_slots_refuse_a_pile_of_waiting_searches():
+    import threading
+
+    slots, heard = app.ClientSlots(1, max_waiting=1, wait_s=0.3), []
+
+    def wait_in_line() -> None:
+        try:
+            with slots.enter("c"):
+                heard.append("ran")
+        except app.BusyError as exc:
+            heard.append(str(exc))
+
+    with slots.enter("c"):
+        waiter = threading.Thread(target=wait_in_line)
+        waiter.start()
+        time.sleep(0.05)
+        with pytest.raises(app.BusyError, match="already have searches running"):  # one waiting is the most
+            slots.enter("c").__enter__()
+        waiter.join()
+    assert heard and "still running" in heard[0]  # the one waiting gave up after wait_s, with a message
+    assert slots._active == {}
+    with slots.enter(None), slots.enter("d"):
+        assert slots.held("d") == 1

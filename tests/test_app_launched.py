@@ -152,7 +152,7 @@ def test_no_response_shows_a_server_folder(served, client):
     try:
         fn = raw.fn_index("search")
         data = raw.inputs("search", sketch=canvas_value("circle"))
-        queued = raw.call(fn, data)["output"]
+        queued = raw.call(fn, data, queue=True)["output"]
         direct = httpx.post(f"{base}/gradio_api/run/predict", json={"data": data, "fn_index": fn,
                                                                       "session_hash": "leaktest01"}, timeout=60)
         assert direct.status_code == 200, direct.text[:300]
