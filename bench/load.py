@@ -1,6 +1,6 @@
 """Many users at once against the launched app, with a light raw-HTTP client (no gradio_client, no browser).
 
-    python bench/load.py                       # 10k photos, ViT-B/32 (random init): 8 users x 50 strokes
+    python bench/load.py                       # 10k photos, the app's model (random init): 8 users x 50 strokes
     python bench/load.py --indexing            # also: 200 photos uploaded and indexed while 2 users search
     python bench/load.py --quick               # smoke run: tiny model, 500 photos, 2 users x 4 strokes, 8 photos
     python bench/load.py --url http://127.0.0.1:7860/ --pid 1234   # an app already running (RSS from /proc/1234)
