@@ -3,6 +3,7 @@
     python train/bench.py                       # ViT-B/32 (random init) at batch 64 on this machine + tiny learning check
     python train/bench.py --precision bf16      # bf16 autocast (default on CUDA)
     python train/bench.py --skip-learning --steps 2
+    python train/bench.py --fg-check            # fine-grained check with pass criteria; last line fg_check=pass|fail {...}
 
 Throughput: one category-level training step (64 sketches + 64 positives + 64 negatives through the
 prompted ViT, triplet + classification losses, backward, Adam) on random tensors, so data loading is
@@ -17,6 +18,10 @@ frozen pretrained backbone (no prompts: the baseline row), of the untrained prom
 training, side by side, plus the same on the seen (training) classes, and the frozen random-init
 backbone for reference. All rows use the same data and train/eval.py's `evaluate`. Synthetic shapes
 and a 2-layer ViT say nothing about retrieval quality with real CLIP weights.
+
+Fine-grained check (--fg-check): an instance-aware tiny backbone, then arms (a) prompts at step 0, (b) trained
+on true pairs, (c) trained with the seen pairs shuffled within class, (d) triplet + CE only, x seeds; the rule
+is `fg_verdict`, the criteria the FG_* constants.
 """
 
 from __future__ import annotations
@@ -230,7 +235,7 @@ FG_MIN_CONTROL_GAP = 10.0  # (b) - (c) >= this in every seed
 # 20 photos x 3 sketches per shape: 180 unseen queries (3 shapes) against a 60-photo unseen gallery
 FG_DATA = {"photos_per_class": 20, "sketches_per_photo": 3, "size": 96, "seed": 0}
 FG_PRETRAIN = {"steps": 1500, "photos_per_class": 300, "instance_weight": 1.0}
-FG_STEPS = 200
+FG_STEPS = 400
 
 
 def fg_verdict(frozen_acc1: float, arms: dict[str, list[float]]) -> dict[str, Any]:
@@ -381,7 +386,8 @@ def fg_last_line(r: dict[str, Any]) -> str:
 
 def print_fg_check(r: dict[str, Any]) -> None:
     print(f"\n## Fine-grained learning check (instance-aware tiny backbone {r['pretrained']}; {r['steps']} prompt steps; "
-          f"{r['rows'][0]['queries']} unseen queries; training wall {r['train_wall_seconds']:.0f} s)")
+          f"{' '.join(r['overrides']) or 'tiny_fine_grained.yaml as is'}; {r['rows'][0]['queries']} unseen queries; "
+          f"training wall {r['train_wall_seconds']:.0f} s)")
     print("| arm | seed | unseen-gallery Acc@1 | Acc@5 | own-class Acc@1 | last hard triplet | last patch shuffle |")
     print("|---|---|---|---|---|---|---|")
     for row in r["rows"]:
@@ -427,6 +433,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="the fine-grained check that passes or fails: arms (a)-(d) x seeds on an instance-aware "
                              "tiny backbone, run alone; last line fg_check=pass|fail {figures}")
     parser.add_argument("--fg-steps", type=int, default=FG_STEPS, help="prompt-training steps per run of --fg-check")
+    parser.add_argument("--fg-check-overrides", nargs="*", default=[],
+                        help="key=value overrides of train/configs/tiny_fine_grained.yaml for every --fg-check run")
     parser.add_argument("--jobs", type=int, default=2, help="--fg-check training processes at a time (1 thread each)")
     parser.add_argument("--output", default="", help="write the results as JSON here")
     return parser.parse_args(argv)
@@ -496,7 +504,7 @@ def run_fg_check(args: argparse.Namespace) -> dict[str, Any]:
             pre = pretrain(weights, **FG_PRETRAIN)
             print(f"instance-aware pretraining {FG_PRETRAIN}: {pre['seconds']:.0f} s, photo zero-shot accuracy "
                   f"{pre['train_acc']:.3f} on its pool, {pre['heldout_acc']:.3f} held out", flush=True)
-        r = fg_check(Path(tmp) / "fgc", weights, args.seeds, args.fg_steps, args.jobs)
+        r = fg_check(Path(tmp) / "fgc", weights, args.seeds, args.fg_steps, args.jobs, tuple(args.fg_check_overrides))
     r["pretrain"] = {"recipe": FG_PRETRAIN if pre else "given", **{k: pre[k] for k in ("seconds", "train_acc", "heldout_acc") if k in pre}}
     print_fg_check(r)
     return r
