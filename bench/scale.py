@@ -63,9 +63,10 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def build_variant(vectors: Path, path: Path, cfg: Any, storage: str) -> None:
-    """An HNSW index with another Voyager storage type (E4M3, Float8): the library's build_hnsw with only
-    `storage_data_type` changed (the library stores Float32), for the memory investigation."""
+def build_variant(vectors: Path, path: Path, cfg: Any, storage: str, chunk_rows: int) -> None:
+    """An HNSW index with another Voyager storage type (E4M3, Float8) or another number of rows per
+    add_items call: the library's build_hnsw with only that changed (it stores Float32 and feeds
+    CHUNK_ROWS rows a call), for the memory investigation."""
     from voyager import Index, Space, StorageDataType
 
     from zsdemo.store.index import iter_row_chunks, source_rows
@@ -73,7 +74,7 @@ def build_variant(vectors: Path, path: Path, cfg: Any, storage: str) -> None:
     n, row = source_rows(vectors), 0
     index = Index(Space.InnerProduct, num_dimensions=DIM, M=cfg.hnsw_m, ef_construction=cfg.hnsw_ef_construction,
                   random_seed=cfg.seed + 1, max_elements=n, storage_data_type=getattr(StorageDataType, storage))
-    for chunk in iter_row_chunks(vectors):
+    for chunk in iter_row_chunks(vectors, chunk_rows):
         index.add_items(chunk, ids=list(range(row, row + chunk.shape[0])), num_threads=cfg.build_threads)
         row += chunk.shape[0]
     index.save(str(path))
@@ -83,7 +84,7 @@ def build_child(backend: str, vectors: Path, work: Path, params: dict[str, Any])
     """Build `backend`'s index over `vectors` in this process: (searcher, build figures)."""
     import torch
 
-    from zsdemo.store.index import IndexConfig, build_annoy, build_hnsw, open_searcher
+    from zsdemo.store.index import CHUNK_ROWS, IndexConfig, build_annoy, build_hnsw, open_searcher
 
     torch.set_num_threads(params["build_threads"])
     cfg = IndexConfig(n_trees=params.get("n_trees", 50), hnsw_m=params.get("m", 16),
@@ -96,8 +97,8 @@ def build_child(backend: str, vectors: Path, work: Path, params: dict[str, Any])
     with PeakSampler() as sampler:
         if backend == "annoy":
             build_annoy(vectors, path, cfg)
-        elif params.get("storage", "Float32") != "Float32":
-            build_variant(vectors, path, cfg, params["storage"])
+        elif params.get("storage", "Float32") != "Float32" or "chunk" in params:
+            build_variant(vectors, path, cfg, params.get("storage", "Float32"), params.get("chunk", CHUNK_ROWS))
         else:
             build_hnsw(vectors, path, cfg)
     build = {"build_s": time.perf_counter() - started, "build_cpu_s": cpu_seconds() - cpu0,
@@ -343,7 +344,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--hnsw-m", type=int, default=None, help="default: IndexConfig's hnsw_m")
     parser.add_argument("--hnsw-ef-construction", type=int, default=None, help="default: IndexConfig's")
     parser.add_argument("--hnsw-variants", nargs="*", default=[],
-                        help="extra HNSW builds to compare, e.g. storage=E4M3 m=8 'storage=E4M3,m=24'")
+                        help="extra HNSW builds to compare, e.g. storage=E4M3 m=8 chunk=8192 'storage=E4M3,m=24'")
     parser.add_argument("--variants-max-n", type=int, default=100_000, help="variants only at sizes up to this")
     parser.add_argument("--query-budget-s", type=float, default=120.0,
                         help="seconds of queries per measured setting (at least 20 queries; the count is printed)")
