@@ -13,8 +13,10 @@ The canvas is a small HTML/JS component of our own (`gr.HTML`; its template, CSS
 zsdemo/serve/page/, with the page's CSS): it draws on the first stroke with mouse, pen or touch, and after each
 stroke sends the strokes themselves (a few KB of JSON) instead of a PNG; the server draws them. Gradio's
 Sketchpad exported and uploaded the whole canvas before every search, which cost more than the search itself
-(README, "What was measured"). A sketch drawn while the gallery is still being prepared is searched again by the
-start-up timer as soon as it is ready.
+(README, "What was measured"). The canvas asks for results through its own server function (one POST a stroke,
+none of Gradio's event handling) and the results view (another gr.HTML: the model's view, the status line, the
+thumbnails from the app's own route) renders them; /search and /search_upload give API clients the same searches.
+A sketch drawn while the gallery is still being prepared is searched again by the start-up timer when it is ready.
 
 Modes: with `--prompts CATEGORY.safetensors --fine-grained-prompts FG.safetensors` the page has a switch
 (`#zs-mode`: "Find this kind of thing" / "Find this exact one") that re-runs the current sketch; `/search`
@@ -25,8 +27,12 @@ similarity map of the sketch to its patches (zsdemo.search.explain); `/explain` 
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import html
+import io
+import itertools
+import json
 import logging
 import os
 import re
@@ -404,9 +410,36 @@ def empty_view(message: str = EMPTY_HINT) -> PageView:
     return [], None, message, [], None, False
 
 
+def preview_data_url(image: Image.Image | None) -> str | None:
+    """The model's view of the sketch as a data URL (a few KB of JPEG): no file written, no request to fetch it."""
+    if image is None:
+        return None
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, "JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+_VIEWS = itertools.count()  # a number per view sent through Gradio, so an equal view still re-renders the page
+
+
+def results_view(view: PageView) -> dict[str, Any]:
+    """What the results view (zsdemo/serve/page/results.js) shows: the status line, the model's view and the results
+    (thumbnail URL, caption, and the name, mode and score a click sends back). No server path in any of it."""
+    items, preview, status, hits = view[:4]
+    return {"status": status, "preview": preview_data_url(preview),
+            "items": [{"src": src, "caption": caption, "name": hit["name"], "mode": hit["mode"],
+                       "score": round(float(hit["score"]), 4)} for (src, caption), hit in zip(items, hits, strict=True)]}
+
+
+def page_outputs(view: PageView) -> tuple[str, Any, bool]:
+    """A search's answer for the page's Gradio events: (the results view's value, the sketch, whether it waits)."""
+    return json.dumps({**results_view(view), "n": next(_VIEWS)}, ensure_ascii=False), view[4], view[5]
+
+
 class Page:
-    """What the page's events call, for one service. Drawn strokes skip Gradio's queue (its join + event-stream round
-    trips cost ~100 ms a stroke, measured by bench/browser.py), so the `searching` gate is what keeps searches to
+    """What the page's events call, for one service. Drawn strokes skip Gradio's queue and events (the canvas's server
+    function, `stroke`; Gradio's round trips and processing cost more than the search, measured by bench/browser.py),
+    so the `searching` gate (and `per_client`, a fair share per client) is what keeps searches to
     `concurrency` at a time; a bounded number wait (at most a few seconds), the rest hear "busy" at once. Uploaded
     sketches (a file decode each) have a gate of their own, so they cannot take the drawn strokes' slots;
     explanations and photo uploads have their own Gradio concurrency ids (see `wire`)."""
@@ -466,6 +499,49 @@ class Page:
               mode: str | None, request: gr.Request = None) -> PageView:  # type: ignore[assignment]
         return self.run_search(sketch, k, text, weight, mode, request=request) if sketch else empty_view()
 
+    # ---- what the endpoints and the page's events return -------------------------------------------
+    def api_search(self, sketch: str | None, k: float | None = None, text: str | None = None,
+                   text_weight: float | None = None, mode: str | None = None,
+                   request: gr.Request = None) -> tuple[Any, ...]:  # type: ignore[assignment]
+        """/search: (results gallery, the model's view, status line)."""
+        return self.search(sketch, k, text, text_weight, mode, request)[:3]
+
+    def api_search_upload(self, path: str | None, k: float | None = None, text: str | None = None,
+                          text_weight: float | None = None, mode: str | None = None,
+                          request: gr.Request = None) -> tuple[Any, ...]:  # type: ignore[assignment]
+        """/search_upload: (results gallery, the model's view, status line)."""
+        return self.search_upload(path, k, text, text_weight, mode, request)[:3]
+
+    def stroke(self, data: Any, request: gr.Request | None = None) -> dict[str, Any]:
+        """The canvas's own search (its server function, one POST a stroke, no Gradio event): {sketch, k, text,
+        text_weight, mode, mode_label} from the page -> the results view. Every value is checked as /search's are."""
+        if not isinstance(data, dict):
+            return results_view(empty_view("⚠️ The canvas sends its strokes with the search settings."))
+        mode = data.get("mode")
+        if mode not in self.modes and isinstance(data.get("mode_label"), str):
+            mode = next((name for name in self.modes if self.service.mode(name).label == data["mode_label"]), mode)
+        return results_view(self.search(data.get("sketch"), data.get("k"), data.get("text"), data.get("text_weight"),
+                                        mode if isinstance(mode, str) else None, request))
+
+    def remember(self, sketch: Any, mode: str | None) -> tuple[Any, bool]:
+        """The canvas's value after its search: kept as the current sketch (re-runs, why this photo), and whether it
+        waits for its mode's gallery (the start-up timer re-runs it then)."""
+        if not isinstance(sketch, str) or not is_strokes_value(sketch):
+            return None, False
+        try:
+            phase = self.service.mode(mode if mode in self.modes else None).status.phase
+        except ZsdemoError:
+            return sketch, False
+        return sketch, phase not in ("ready", "error")
+
+    def page_rerun(self, sketch: Any, k: float | None, text: str | None, weight: float | None, mode: str | None,
+                   request: gr.Request = None) -> tuple[Any, ...]:  # type: ignore[assignment]
+        return page_outputs(self.rerun(sketch, k, text, weight, mode, request))
+
+    def page_upload(self, path: str | None, k: float | None, text: str | None, weight: float | None,
+                    mode: str | None, request: gr.Request = None) -> tuple[Any, ...]:  # type: ignore[assignment]
+        return page_outputs(self.search_upload(path, k, text, weight, mode, request))
+
     # ---- start-up: progress, and the sketch drawn before the gallery was ready ----------------------
     def ready_modes(self) -> list[str]:
         return [name for name in self.modes if self.service.mode(name).engine is not None
@@ -482,8 +558,8 @@ class Page:
                 gr.Timer(active=not (settled and was_settled)), settled)
         wanted = mode if mode in self.modes else self.modes[0]
         if sketch and waiting and wanted in self.ready_modes():
-            return (*page, *self.rerun(sketch, k, text, weight, mode, request))
-        return (*page, *(gr.skip() for _ in range(6)))
+            return (*page, *self.page_rerun(sketch, k, text, weight, mode, request))
+        return (*page, *(gr.skip() for _ in range(3)))
 
     def refresh(self) -> tuple[str, str, str]:
         return banner_html(self.service), warning_html(self.service), info_markdown(self.service)
@@ -498,23 +574,26 @@ class Page:
             image = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.LANCZOS)
         return image, f"{title}  \n**Why this photo:** {outcome.message}"
 
-    def show_photo(self, hits: list[dict[str, Any]], sketch: Any, evt: gr.SelectData) -> tuple[Any, ...]:
-        """A click on a result: the photo with the similarity map of the sketch that found it (the area appears)."""
-        index = evt.index if isinstance(evt.index, int) else None
-        if index is None or not 0 <= index < len(hits or []):
+    def show_photo(self, sketch: Any, evt: gr.SelectData) -> tuple[Any, ...]:
+        """A click on a result (its name, mode and score, from the results view): the photo with the similarity map of
+        the sketch that found it (the area appears). The photo is looked up by name: no path comes from the page."""
+        clicked = evt.value if isinstance(evt.value, dict) else {}
+        name, mode, index = clicked.get("name"), clicked.get("mode"), evt.index
+        if not isinstance(name, str) or not isinstance(index, int) or len(name) > 1000:
             return None, "", gr.Row(visible=False)
-        hit = hits[index]
-        try:  # the photo is looked up by name in the mode's gallery: the page's state holds no server path
-            found = self.service.find_photo(hit["name"], hit.get("mode"))
-        except ZsdemoError as exc:
-            return None, f"⚠️ {exc}", gr.Row(visible=True)
-        title = f"**#{index + 1} · {neutralise(hit['name'])}** · similarity {hit['score']:.3f}"
+        try:
+            found = self.service.find_photo(name, mode if isinstance(mode, str) else None)
+            label = self.service.mode(mode if isinstance(mode, str) else None).label
+            score = float(clicked.get("score") or 0.0)
+        except (ZsdemoError, TypeError, ValueError) as exc:
+            return None, f"⚠️ {self.redact(str(exc))}", gr.Row(visible=True)
+        title = f"**#{index + 1} · {neutralise(name)}** · similarity {score:.3f}"
         if found is None:
             return None, f"{title}  \n⚠️ This photo is no longer in the gallery; draw again.", gr.Row(visible=True)
         if len(self.modes) > 1:
-            title += f" · {self.service.mode(hit.get('mode')).label}"
+            title += f" · {label}"
         if sketch:
-            return *self.explained(self.service.explain(found, sketch, hit.get("mode")), title, for_page=True), \
+            return *self.explained(self.service.explain(found, sketch, mode), title, for_page=True), \
                 gr.Row(visible=True)
         try:
             return self.service.photo(found), title, gr.Row(visible=True)
@@ -588,7 +667,9 @@ class Controls:
     add_button: Any = None
     add_status: Any = None
     info: Any = None
-    hits: Any = None
+    view: Any = None
+    api_search: Any = None
+    api_upload: Any = None
     current: Any = None
     waiting: Any = None
     settled: Any = None
@@ -599,8 +680,14 @@ class Controls:
         return [self.k, self.text, self.weight, self.mode]
 
     @property
+    def api_outputs(self) -> list[Any]:
+        """What /search and /search_upload return (hidden on the page; the results view shows the same)."""
+        return [self.results, self.preview, self.status]
+
+    @property
     def search_outputs(self) -> list[Any]:
-        return [self.results, self.preview, self.status, self.hits, self.current, self.waiting]
+        """What the page's own search events update: the results view, and the sketch states."""
+        return [self.view, self.current, self.waiting]
 
 
 def layout_header(c: Controls, page: Page) -> None:
@@ -620,33 +707,40 @@ def layout_drawing(c: Controls, page: Page) -> None:
     cfg = page.service.config
     with gr.Tabs():
         with gr.Tab("Draw"):
+            def stroke_search(data: Any, request: gr.Request = None) -> dict[str, Any]:  # type: ignore[assignment]
+                return page.stroke(data, request)
+
             c.sketch = gr.HTML("", html_template=page_file("canvas.html"), css_template=page_file("canvas.css"),
                                js_on_load=page_file("canvas.js"), elem_id="zs-sketch", label="Sketch",
-                               apply_default_css=False, **canvas_settings())
+                               apply_default_css=False, server_functions=[stroke_search], **canvas_settings())
         with gr.Tab("Upload a sketch"):
             c.upload = gr.File(label="Sketch image (black lines on white work best)", file_count="single",
                                file_types=list(PHOTO_EXTENSIONS), type="filepath", elem_id="zs-upload")
-    c.k = unchecked(gr.Slider(1, cfg.max_k, value=cfg.default_k, step=1, label="Number of results"))
+    c.k = unchecked(gr.Slider(1, cfg.max_k, value=cfg.default_k, step=1, label="Number of results", elem_id="zs-k"))
     with gr.Accordion("Refine with text (optional)", open=False):
-        c.text = gr.Textbox(label="Text", placeholder="e.g. red  (press Enter)", max_length=200)
-        c.weight = unchecked(gr.Slider(0.0, 1.0, value=0.0, step=0.05, label="Text weight (0 = sketch only)"))
+        c.text = gr.Textbox(label="Text", placeholder="e.g. red  (press Enter)", max_length=200, elem_id="zs-text")
+        c.weight = unchecked(gr.Slider(0.0, 1.0, value=0.0, step=0.05, label="Text weight (0 = sketch only)",
+                                       elem_id="zs-weight"))
 
 
 def layout_results(c: Controls) -> None:
-    """The right column (below the canvas on a phone): status, the results, and "why this photo" once clicked."""
-    with gr.Row(equal_height=False):
-        c.preview = gr.Image(label="what the model sees", type="pil", format="jpeg", interactive=False, height=150,
-                             width=150, scale=0, min_width=150, elem_id="zs-preview", buttons=[])
-        c.status = gr.Markdown(EMPTY_HINT, elem_id="zs-status", min_height=0)
-    gr.Markdown("**Results** (similarity · file); click one to see why it matched.")
-    c.results = gr.Gallery(label="results", show_label=False, columns=6, height="auto", object_fit="cover",
-                           allow_preview=False, elem_id="zs-results")
+    """The right column (below the canvas on a phone): the results view (the model's view, the status line and the
+    results: zsdemo/serve/page/results.*), and "why this photo" once one is clicked. The API's outputs are hidden."""
+    c.view = gr.HTML(json.dumps(results_view(empty_view())), html_template=page_file("results.html"),
+                     css_template=page_file("results.css"), js_on_load=page_file("results.js"), elem_id="zs-view",
+                     apply_default_css=False)
     with gr.Row(visible=False, equal_height=False, elem_id="zs-why-box") as c.why_box:  # side by side, or stacked
         with gr.Column(scale=3, min_width=260):
             c.large = gr.Image(label="Why this photo: similarity to your sketch", show_label=False, type="pil",
                                format="jpeg", interactive=False, elem_id="zs-large", buttons=["fullscreen"])
         with gr.Column(scale=2, min_width=220):
             c.large_caption = gr.Markdown(elem_id="zs-why", min_height=0)
+    with gr.Row(visible=False):  # outputs of the /search and /search_upload API endpoints only
+        c.results = gr.Gallery(label="results", show_label=False)
+        c.preview = gr.Image(label="what the model sees", type="pil", format="jpeg")
+        c.status = gr.Markdown(EMPTY_HINT)
+        c.api_search = gr.Button("search")
+        c.api_upload = gr.Button("search_upload")
 
 
 def layout_footer(c: Controls, page: Page) -> None:
@@ -669,7 +763,6 @@ def layout(page: Page) -> Controls:
         with gr.Column(scale=1, min_width=280, elem_id="zs-results-column"):
             layout_results(c)
     layout_footer(c, page)
-    c.hits = gr.State([])
     c.current = gr.State(None)  # the last sketch searched (drawn or uploaded), for re-runs with new settings
     c.waiting = gr.State(False)  # the last sketch heard "still preparing": the start-up timer re-runs it when ready
     c.settled = gr.State(False)  # the service was settled at the timer's last tick
@@ -681,26 +774,32 @@ SHOW_WHY_JS = "() => document.querySelector('#zs-why-box')?.scrollIntoView({beha
 
 
 def wire(c: Controls, page: Page) -> None:
+    """Drawn strokes are searched by the canvas itself (its server function `stroke_search`: one POST, no Gradio
+    event; newest stroke wins in canvas.js) and shown by the results view; the canvas's value then only tells the
+    page the current sketch. /search and /search_upload are the same searches for API clients (hidden triggers)."""
     concurrency = page.service.config.concurrency
     private = {"show_progress": "hidden", "concurrency_id": "search", "concurrency_limit": concurrency,
                "api_visibility": "private"}
-    # Newest sketch wins: with trigger_mode="always_last", strokes made while a search runs collapse
-    # into one follow-up search of the latest drawing.
-    c.sketch.change(page.search, [c.sketch, *c.settings], c.search_outputs, api_name="search",
-                    trigger_mode="always_last", show_progress="hidden", queue=False)
-    c.upload.change(page.search_upload, [c.upload, *c.settings], c.search_outputs, api_name="search_upload",
-                    trigger_mode="always_last", show_progress="hidden", concurrency_id="search_upload",
-                    concurrency_limit=1)
+    c.api_search.click(page.api_search, [c.sketch, *c.settings], c.api_outputs, api_name="search",
+                       trigger_mode="always_last", show_progress="hidden", queue=False)
+    c.api_upload.click(page.api_search_upload, [c.upload, *c.settings], c.api_outputs, api_name="search_upload",
+                       show_progress="hidden", concurrency_id="search_upload", concurrency_limit=1)
+    c.sketch.change(page.remember, [c.sketch, c.mode], [c.current, c.waiting], api_visibility="private", queue=False,
+                    show_progress="hidden", trigger_mode="always_last")
+    c.upload.change(page.page_upload, [c.upload, *c.settings], c.search_outputs, trigger_mode="always_last",
+                    show_progress="hidden", concurrency_id="search_upload", concurrency_limit=1,
+                    api_visibility="private")
     for trigger in (c.k.release, c.text.submit, c.weight.release, c.mode.change):
-        trigger(page.rerun, [c.current, *c.settings], c.search_outputs, trigger_mode="always_last", **private)
+        trigger(page.page_rerun, [c.current, *c.settings], c.search_outputs, trigger_mode="always_last", **private)
     why = [c.large, c.large_caption, c.why_box]
     c.mode.change(lambda: (None, "", gr.Row(visible=False)), None, why, api_visibility="private", queue=False)
-    c.results.select(page.show_photo, [c.hits, c.current], why, api_visibility="private", concurrency_id="search",
-                     concurrency_limit=concurrency).then(None, js=SHOW_WHY_JS, api_visibility="private", queue=False)
+    c.view.select(page.show_photo, [c.current], why, api_visibility="private", concurrency_id="search",
+                  concurrency_limit=concurrency).then(None, js=SHOW_WHY_JS, api_visibility="private", queue=False)
     c.explain_photo.submit(page.explain, [c.explain_sketch, c.explain_photo, c.mode], [c.large, c.large_caption],
                            api_name="explain", concurrency_id="explain", concurrency_limit=1)
     c.add_button.click(page.add, c.photos, [c.add_status, c.info], api_name="add_photos", concurrency_limit=1,
-                       concurrency_id="index").then(page.rerun, [c.current, *c.settings], c.search_outputs, **private)
+                       concurrency_id="index").then(page.page_rerun, [c.current, *c.settings], c.search_outputs,
+                                                    **private)
     c.timer.tick(page.poll, [c.current, *c.settings, c.waiting, c.settled],
                  [c.banner, c.warning, c.info, c.timer, c.settled, *c.search_outputs], api_visibility="private",
                  queue=False)

@@ -12,7 +12,9 @@ What it does:
 3. Opens the page in Debian's Chromium (headless, same flags as tests/test_browser.py) with an init script
    that timestamps, in the page's own clock (performance.now):
      - pointer up (a capturing `pointerup` listener on the document),
-     - the search's POST /gradio_api/queue/join being sent and its {event_id} arriving (a `fetch` wrapper),
+     - the search's request being sent and answered (a `fetch` wrapper): the canvas's own server function
+       (POST /gradio_api/component_server, the page's way now), an unqueued event (POST /gradio_api/run/predict,
+       `--variant gradio-event`) or a queued one (POST /gradio_api/queue/join, then its event stream),
      - every server-sent event of /gradio_api/queue/data as it arrives (the wrapper tees the stream):
        `estimation` (queued), `process_starts` (a worker took it), `process_completed` (with Gradio's own
        measure of the function's duration),
@@ -124,6 +126,27 @@ INSTRUMENT_JS = r"""
       }).catch(() => {});
       return resp;
     }
+    if (url.includes('/component_server')) {  // the canvas's own server function: one POST, the view in its response
+      let fn = null, strokes = null;
+      try {
+        const body = JSON.parse(init && init.body);
+        fn = body.fn_name;
+        const v = body.data && body.data.sketch;
+        if (typeof v === 'string' && v.startsWith('{')) strokes = JSON.parse(v).strokes.length;
+      } catch (e) {}
+      const rec = {sent: performance.now(), fn, strokes, headers: null, acked: null, event_id: 'server-' + Z.joins.length,
+                   direct: true};
+      Z.joins.push(rec);
+      const resp = await origFetch(input, init);
+      rec.headers = performance.now();
+      resp.clone().json().then(j => {
+        rec.acked = performance.now();
+        const m = {msg: 'process_completed', event_id: rec.event_id, output: {data: [j]}, success: true};
+        Z.msgs.push({t: rec.acked, msg: m.msg, event_id: m.event_id, duration: null});
+        Z.expectPaint(m, rec.acked);
+      }).catch(() => {});
+      return resp;
+    }
     if (url.includes('/queue/data')) {
       const resp = await origFetch(input, init);
       if (!resp.body) return resp;
@@ -135,12 +158,20 @@ INSTRUMENT_JS = r"""
   };
   // Results painted: from the result event on, each animation frame checks whether the page shows that
   // result (its status line, and its thumbnails, all loaded); identical results count as shown at once.
+  // A result is a results view (an object, or its JSON as a component's value: {status, items: [{src}]}) or
+  // Gradio's (gallery, preview, status) outputs.
+  function asView(v) {
+    if (v && typeof v === 'object' && !Array.isArray(v) && 'items' in v) return v;
+    if (typeof v === 'string' && v.startsWith('{')) { try { const j = JSON.parse(v); if (j && j.items) return j; } catch (e) {} }
+    return null;
+  }
   function expectPaint(m, t) {
     const data = (m.output && m.output.data) || [];
-    const status = data.find(v => typeof v === 'string' && / best of /.test(v));
-    if (!status) return;
+    const view = data.map(asView).find(v => v);
+    const status = view ? view.status : data.find(v => typeof v === 'string' && / best of /.test(v));
+    if (!status || !/ best of /.test(status)) return;
     const key = (status.match(/\d+ best of \d+ photos in \d+ ms/) || [status])[0];
-    const gallery = data.find(v => Array.isArray(v)) || [];
+    const gallery = view ? view.items.map(it => ({url: it.src})) : (data.find(v => Array.isArray(v)) || []);
     const names = gallery.map(g => String((g.image || g).url || (g.image || g).path || '').split('/').pop());
     const e = {event_id: m.event_id, t, key, names, status_t: null};
     const check = () => {
@@ -163,37 +194,30 @@ INSTRUMENT_JS = r"""
 
 
 VARIANTS = {
-    "as-is": "app.py unchanged",
-    "no-preview": "the search returns no 'what the model sees' preview (no PNG encoded and sent per stroke)",
-    "queue-false": "the /search event with queue=False (one POST /run/predict, no queue join + event stream)",
-    "both": "no-preview and queue-false",
+    "as-is": "app.py unchanged: the canvas searches through its own server function (one POST a stroke) and renders "
+             "the results view itself",
+    "gradio-event": "strokes searched by a Gradio event of the canvas (.change, queue=False: one POST /run/predict, "
+                    "Gradio's pre- and post-processing, the view as the results component's value), as before",
 }
 
 
 def serve_variant(variant: str, app_argv: list[str]) -> None:
     """Run app.main(app_argv) with the experimental change `variant` patched in (app.py is not edited)."""
-    import gradio as gr
-
     import app
 
-    if variant in ("no-preview", "both"):
-        render = app.render_search
+    if variant == "gradio-event":
+        page_file, wire = app.page_file, app.wire
 
-        def render_without_preview(*a: Any, **kw: Any) -> Any:
-            view = render(*a, **kw)
-            return (view[0], None, *view[2:])
+        def canvas_sets_its_value(name: str) -> str:
+            text = page_file(name)
+            return text.replace("search(JSON.stringify(", "(props.value = JSON.stringify(") if name == "canvas.js" else text
 
-        app.render_search = render_without_preview
-    if variant in ("queue-false", "both"):
-        change = gr.HTML.change
+        def wire_stroke_event(c: Any, page: Any) -> None:
+            wire(c, page)
+            c.sketch.change(page.page_rerun, [c.sketch, *c.settings], c.search_outputs, queue=False,
+                            trigger_mode="always_last", show_progress="hidden", api_visibility="private")
 
-        def change_unqueued(self: Any, *a: Any, **kw: Any) -> Any:
-            if kw.get("api_name") == "search":
-                kw = {key: v for key, v in kw.items() if key not in ("concurrency_limit", "concurrency_id")}
-                kw["queue"] = False
-            return change(self, *a, **kw)
-
-        gr.HTML.change = change_unqueued  # type: ignore[method-assign]
+        app.page_file, app.wire = canvas_sets_its_value, wire_stroke_event
     app.main(app_argv)
 
 
@@ -231,16 +255,16 @@ def stroke_points(i: int) -> list[tuple[float, float]]:
 
 def collect(z: dict[str, Any], fn_search: int, first: int) -> list[dict[str, float]]:
     """Per counted stroke: the page's timestamps (ms) turned into segments."""
-    joins = [j for j in z["joins"] if j["fn"] == fn_search]
+    # the requests that carry a sketch (the canvas's server function, or an event of the canvas) and got results
+    joins = [j for j in z["joins"] if j["fn"] in (fn_search, "stroke_search") or j["strokes"] is not None]
+    painted = {p["event_id"]: p for p in z["paints"]}
     rows = []
     for i in range(first, len(z["ups"])):
         up = z["ups"][i]
-        join = next((j for j in joins if j["sent"] >= up), None)
+        join = next((j for j in joins if j["sent"] >= up and j["event_id"] in painted), None)
         if join is None:
             continue
-        paint = next((p for p in z["paints"] if p["event_id"] == join["event_id"]), None)
-        if paint is None:
-            continue
+        paint = painted[join["event_id"]]
         msgs = [m for m in z["msgs"] if m["event_id"] == join["event_id"]]
 
         def at(kind: str, msgs: list[dict[str, Any]] = msgs) -> float | None:

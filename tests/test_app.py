@@ -56,9 +56,13 @@ def test_demo_wiring(service):
     demo = app.build_demo(service)
     by_name = {fn.api_name: fn for fn in demo.fns.values() if fn.api_name}
     search = by_name["search"]
-    assert search.trigger_mode == "always_last" and search.show_progress == "hidden"
+    assert search.show_progress == "hidden"
     assert [type(b).__name__ for b in search.inputs] == ["HTML", "Slider", "Textbox", "Slider", "Radio"]
     assert search.inputs[0].elem_id == "zs-sketch"
+    assert [type(b).__name__ for b in search.outputs] == ["Gallery", "Image", "Markdown"]
+    # the page's strokes: the canvas's own server function, not a Gradio event
+    sketch = search.inputs[0]
+    assert [fn.__name__ for fn in sketch.server_fns] == ["stroke_search"]
     public = {fn.api_name for fn in demo.fns.values() if fn.api_visibility == "public"}
     assert public == {"search", "search_upload", "add_photos", "explain"}
     assert demo._queue.max_size == service.config.queue_size  # bounded queue
@@ -95,11 +99,36 @@ def test_thumbnail_urls_name_no_server_folder_and_clicks_need_no_path(service, m
     monkeypatch.setattr(service, "find_photo", lambda name, mode=None: asked.append((name, mode)) or find(name, mode))
     import gradio as gr
 
-    image, caption, _ = page.show_photo(hits, current, gr.SelectData(None, {"index": 1, "value": None}))
+    view = app.results_view(page.search(value, 3, request=page_request()))  # what the results view shows
+    assert [item["name"] for item in view["items"]] == [hit["name"] for hit in hits]
+    assert view["preview"].startswith("data:image/jpeg;base64,") and "best of" in view["status"]
+    clicked = {key: view["items"][1][key] for key in ("name", "mode", "score")}  # what a click sends back
+    image, caption, _ = page.show_photo(current, gr.SelectData(None, {"index": 1, "value": clicked}))
     assert image is not None and "Why this photo" in caption and asked == [(hits[1]["name"], hits[1]["mode"])]
-    gone = [{"name": "no/such.jpg", "score": 0.5, "mode": hits[0]["mode"]}]
-    image, caption, _ = page.show_photo(gone, current, gr.SelectData(None, {"index": 0, "value": None}))
+    gone = {"name": "no/such.jpg", "score": 0.5, "mode": hits[0]["mode"]}
+    image, caption, _ = page.show_photo(current, gr.SelectData(None, {"index": 0, "value": gone}))
     assert image is None and "no longer in the gallery" in caption
+    for junk in ({"name": "/etc/passwd"}, {"name": 7}, "x", {"name": "a", "score": "NaN?"}):
+        image, caption, _ = page.show_photo(current, gr.SelectData(None, {"index": 0, "value": junk}))
+        assert image is None and "Traceback" not in caption
+
+
+def test_stroke_search_is_the_canvas_endpoint_checked_like_search(service):
+    """The canvas's server function: one call a stroke, the results view back; bad values get readable messages."""
+    page = app.Page(service)
+    view = page.stroke({"sketch": canvas_value("circle"), "k": "4", "text": "", "text_weight": "0", "mode": None,
+                        "mode_label": None}, page_request("/gradio_api/component_server"))
+    assert len(view["items"]) == 4 and "4 best of" in view["status"]
+    assert view["items"][0]["src"].startswith("http://127.0.0.1:7860/zs/thumbs/")
+    assert str(service.cache_dir.resolve()) not in str(view) and str(Path.cwd()) not in str(view)
+    assert page.stroke("nonsense")["status"].startswith("⚠️")
+    assert page.stroke({"sketch": "/etc/passwd"})["status"].startswith("⚠️")
+    assert page.stroke({"sketch": canvas_value(), "k": "NaN"})["status"].startswith("⚠️")
+    assert page.stroke({"sketch": canvas_value(), "mode": "nope"})["status"].startswith("⚠️")
+    label = service.mode(None).label  # the mode as the switch's label reads
+    assert page.stroke({"sketch": canvas_value(), "mode": "x", "mode_label": label})["items"]
+    assert page.remember(canvas_value(), None) == (canvas_value(), False)
+    assert page.remember("not strokes", None) == (None, False)
 
 
 def test_thumbnail_route_serves_only_thumbnail_names(service):

@@ -322,7 +322,7 @@ def horizontal_overflow(page) -> dict[str, float]:
     """How far the page and the results grid reach past their width (0 = no sideways scroll anywhere)."""
     return page.evaluate("""() => {
         const doc = document.documentElement;
-        const wraps = [...document.querySelectorAll('#zs-results .grid-wrap, #zs-results .grid-container')];
+        const wraps = [...document.querySelectorAll('#zs-results, #zs-view')];
         return {page: doc.scrollWidth - doc.clientWidth,
                 results: Math.max(0, ...wraps.map(w => w.scrollWidth - w.clientWidth))};
     }""")

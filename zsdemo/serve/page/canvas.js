@@ -1,5 +1,6 @@
 // The sketch canvas: strokes in, JSON value out (gr.HTML js_on_load; `element` and `props` come from Gradio).
-// Setting `props.value` makes Gradio fire .change once. The settings come from Python as props:
+// Each finished stroke is searched through this component's server function (`server.stroke_search`) and shown by
+// the results view; setting `props.value` then makes Gradio fire .change (the page remembers the sketch). Settings:
 // props.side (canvas pixels), props.brush (line width), props.max_points (the server's limit on points).
 const canvas = element.querySelector('canvas');
 const ctx = canvas.getContext('2d');
@@ -34,8 +35,49 @@ function recount() {
   hint.textContent = full ? 'The drawing is full: Undo or Clear to draw more.' : 'Draw with mouse, pen or finger.';
 }
 
+// The search settings as the page shows them (their components' inputs); the server checks every value.
+function setting(id, selector) {
+  const el = document.querySelector(`#${id} ${selector}`);
+  return el ? el.value : null;
+}
+
+function settings() {
+  const mode = document.querySelector('#zs-mode input[type=radio]:checked');
+  return {k: setting('zs-k', 'input[type=number]'), text: setting('zs-text', 'textarea, input'),
+          text_weight: setting('zs-weight', 'input[type=number]'), mode: mode ? mode.value : null,
+          mode_label: mode ? (mode.closest('label') || mode.parentElement).textContent.trim() : null};
+}
+
+// Newest stroke wins: one search at a time from this page; strokes made meanwhile collapse into one search of the
+// latest drawing, sent when the running one is answered. The answer goes straight to the results view (one POST to
+// this component's server function, no Gradio event); then the value is set, so the page remembers the sketch (for
+// re-runs with new settings and "why this photo") without searching it again.
+let running = false;
+let latest = null;
+async function search(value) {
+  latest = value;
+  if (running) return;
+  running = true;
+  try {
+    while (latest !== null) {
+      const sketch = latest;
+      latest = null;
+      let view;
+      try {
+        view = await server.stroke_search({sketch: sketch, ...settings()});
+      } catch (e) {
+        view = {status: '⚠️ The search did not answer; draw again in a moment.', preview: null, items: []};
+      }
+      if (window.__zsView) window.__zsView.show(view);
+      props.value = sketch;
+    }
+  } finally {
+    running = false;
+  }
+}
+
 function send() {
-  props.value = JSON.stringify({width: canvas.width, height: canvas.height, brush: BRUSH, strokes: strokes});
+  search(JSON.stringify({width: canvas.width, height: canvas.height, brush: BRUSH, strokes: strokes}));
 }
 
 paint();
