@@ -134,12 +134,13 @@ def _build_and_tune(backend: str, generation: Path, dim: int, index_cfg: IndexCo
     build_index(backend, source, generation / INDEX_FILES[backend], index_cfg)
     info: dict[str, Any] = {"index_build_s": round(time.perf_counter() - started, 2)}
     searcher = open_searcher(backend, generation / INDEX_FILES[backend], dim, index_cfg)
+    target = min(0.999, index_cfg.target_recall + index_cfg.tune_margin)
     try:
         if isinstance(searcher, AnnoySearcher):
-            setting, recall = tune_search_k(searcher, source, index_cfg.target_recall)
+            setting, recall = tune_search_k(searcher, source, target)
             info.update(n_trees=index_cfg.n_trees, annoy_build_s=info["index_build_s"], search_k=setting)
         else:
-            setting, recall = tune_ef(searcher, source, index_cfg.target_recall)
+            setting, recall = tune_ef(searcher, source, target)
             info.update(hnsw_m=index_cfg.hnsw_m, hnsw_ef_construction=index_cfg.hnsw_ef_construction, ef=setting)
         searcher_at = replace(index_cfg, search_k=setting) if backend == "annoy" else replace(index_cfg, ef=setting)
         tuned = open_searcher(backend, generation / INDEX_FILES[backend], dim, searcher_at)
