@@ -515,13 +515,15 @@ class Page:
     def stroke(self, data: Any, request: gr.Request | None = None) -> dict[str, Any]:
         """The canvas's own search (its server function, one POST a stroke, no Gradio event): {sketch, k, text,
         text_weight, mode, mode_label} from the page -> the results view. Every value is checked as /search's are."""
+        started = time.perf_counter()
         if not isinstance(data, dict):
             return results_view(empty_view("⚠️ The canvas sends its strokes with the search settings."))
         mode = data.get("mode")
         if mode not in self.modes and isinstance(data.get("mode_label"), str):
             mode = next((name for name in self.modes if self.service.mode(name).label == data["mode_label"]), mode)
-        return results_view(self.search(data.get("sketch"), data.get("k"), data.get("text"), data.get("text_weight"),
+        view = results_view(self.search(data.get("sketch"), data.get("k"), data.get("text"), data.get("text_weight"),
                                         mode if isinstance(mode, str) else None, request))
+        return {**view, "handler_ms": round(1000 * (time.perf_counter() - started), 1)}  # bench/browser.py reads it
 
     def remember(self, sketch: Any, mode: str | None) -> tuple[Any, bool]:
         """The canvas's value after its search: kept as the current sketch (re-runs, why this photo), and whether it

@@ -48,7 +48,7 @@ import tempfile
 import time
 from typing import Any
 
-from bench.client import start_app, stop_app, wait_app_ready
+from bench.client import start_app, stop_app, wait_app_ready, wait_query_path
 from bench.machine import cpu_model, rss_mb, verdict_cpu
 from bench.settings import bench_config
 from bench.synthetic import app_gallery
@@ -142,7 +142,8 @@ INSTRUMENT_JS = r"""
       resp.clone().json().then(j => {
         rec.acked = performance.now();
         const m = {msg: 'process_completed', event_id: rec.event_id, output: {data: [j]}, success: true};
-        Z.msgs.push({t: rec.acked, msg: m.msg, event_id: m.event_id, duration: null});
+        Z.msgs.push({t: rec.acked, msg: m.msg, event_id: m.event_id,
+                     duration: typeof j.handler_ms === 'number' ? j.handler_ms / 1000 : null});
         Z.expectPaint(m, rec.acked);
       }).catch(() => {});
       return resp;
@@ -298,7 +299,7 @@ SEGMENTS = [("up_to_join_sent", "pointer up -> join sent (page JS)"),
             ("join_round_trip", "join sent -> event id back (HTTP)"),
             ("queue_wait", "event id back -> worker starts (queue, SSE open)"),
             ("server_run", "worker starts -> result event in page"),
-            ("function", "  of which the function (Gradio's measure)"),
+            ("function", "  of which the function (Gradio's measure; the handler's own for the server function)"),
             ("engine", "  of which the engine (status line)"),
             ("done_to_status", "result event -> status line updated"),
             ("status_to_painted", "status -> thumbnails loaded (img complete)"),
@@ -375,6 +376,9 @@ def main(argv: list[str] | None = None) -> int:
         apps: list[tuple[str, str, int]] = []
         for variant, url, proc in urls:
             client = wait_app_ready(url, proc)
+            if proc is not None:  # every stroke on the query path the app chose (fp32 until then, and slower)
+                said = wait_query_path(work / f"app-{variant}.log")
+                print(f"app ({variant}) query path: {said.split(': ', 1)[-1] if said else 'not reported'}", flush=True)
             apps.append((variant, url, client.fn_index("search")))
             client.close()
             print(f"app ({variant}: {VARIANTS[variant]}) ready at {url}"

@@ -158,3 +158,24 @@ def wait_app_ready(url: str, proc: Any, timeout: float = 600.0) -> QueueClient:
             pass
         time.sleep(1.0)
     raise SystemExit(f"the app at {url} was not ready within {timeout:.0f} s")
+
+
+def wait_query_path(log_path: Path | None, timeout: float = 900.0) -> str:
+    """Wait until the launched app has switched to its sketch query path (its log says "answers sketches on" or
+    "stays on fp32"; zsdemo.serve.service prepares it in the background after the gallery is ready): until then its
+    searches run on fp32 while the choice competes for the CPU, which would make any reference measured then too
+    slow. Returns the log line ("" without a log, or when the app never says within `timeout`)."""
+    if log_path is None:
+        return ""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            lines = log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            lines = []
+        said = [line for line in lines if "answers sketches on" in line or "stays on fp32" in line]
+        if said:
+            return said[-1]
+        time.sleep(1.0)
+    return ""
+

@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.client import QueueClient, start_app, stop_app, wait_app_ready
+from bench.client import QueueClient, start_app, stop_app, wait_app_ready, wait_query_path
 from bench.machine import cpu_model, rss_mb, verdict_cpu
 from bench.settings import bench_config
 from bench.synthetic import app_gallery, photo_files, stroke_json
@@ -251,9 +251,18 @@ def launch(args: argparse.Namespace, work: Path) -> tuple[Any, str, int | None]:
     return proc, url, proc.pid
 
 
+def wait_settled(work: Path, proc: Any) -> None:
+    """The app started here: wait until its sketch query path is chosen, so that every phase runs on it."""
+    if proc is None:
+        return
+    said = wait_query_path(work / "app.log")
+    print(f"query path: {said.split(': ', 1)[-1] if said else 'not reported (measuring anyway)'}", flush=True)
+
+
 def measure(args: argparse.Namespace, work: Path, proc: Any, url: str, pid: int | None) -> dict[str, Any]:
     """Warm up, then the single-user reference, the users at once, and (--indexing) searches while indexing."""
     client = wait_app_ready(url, proc)
+    wait_settled(work, proc)
     fn = client.fn_index("search")
     for i in range(args.warmup):
         search_once(client, fn, 999, i + 1, "warmup")
