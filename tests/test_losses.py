@@ -74,13 +74,21 @@ def _delta_batch(thetas: list[float]) -> tuple[torch.Tensor, torch.Tensor, torch
 def test_delta_loss_hand_computed():
     # class A: deltas (0, 0) -> D_A = (1/2, 1/2); class B: deltas (1, 0) -> D_B = (e/(1+e), 1/(1+e))
     anchor, pos, neg, theta = _delta_batch([0.0, 0.0, math.pi / 2, 0.0])
-    loss = delta_loss(anchor, pos, neg, n_classes=2)
+    loss = delta_loss(anchor, pos, neg, n_classes=2, tau=1.0, form="paired")  # the formula as printed
     b = [math.e / (1 + math.e), 1 / (1 + math.e)]
     kl_ab = sum(0.5 * math.log(0.5 / q) for q in b)
     kl_ba = sum(q * math.log(q / 0.5) for q in b)
     assert loss.item() == pytest.approx((kl_ab + kl_ba) / 2, rel=1e-5)
     loss.backward()
     assert theta.grad[2].abs() > 0  # gradient reaches the triplet that makes B non-uniform
+
+
+def test_delta_loss_defaults_are_the_training_config():
+    from train.config import DEFAULTS
+
+    anchor, pos, neg, _ = _delta_batch([0.0, 0.6, 0.3, 0.0, 0.2, 0.5])
+    explicit = delta_loss(anchor, pos, neg, 2, DEFAULTS.delta_tau, DEFAULTS.delta_form)
+    assert delta_loss(anchor, pos, neg, 2).item() == pytest.approx(explicit.item(), rel=1e-7)
 
 
 def test_delta_loss_zero_when_distributions_match_and_for_one_class():

@@ -90,3 +90,22 @@ def test_fg_check_smoke(tmp_path):
     assert r["rows"][0]["queries"] == 24 and set(r["arms"]) == set(FG_ARMS)
     assert all(0.0 <= row["unseen Acc@1"] <= row["unseen Acc@5"] <= 100.0 for row in r["rows"])
     assert fg_last_line(r).startswith(("fg_check=pass ", "fg_check=fail "))
+
+
+def test_ps_diagnosis_and_drawing_check_smoke(tmp_path):
+    from pathlib import Path
+
+    from train.bench import drawing_check, ps_diagnosis
+
+    root = generate(tmp_path / "d", photos_per_class=2, sketches_per_photo=2, size=64)
+    config = Path("train/configs/tiny_fine_grained.yaml")
+    over = [f"data_root={root}", "generate_synthetic=false"]
+    ps = ps_diagnosis(config, over, ["step0"], grids=(2, 4), n=6)
+    assert ps["pairs"] == 6 and ps["image_size"] == 64 and [r["model"] for r in ps["rows"]][1].startswith("prompts at step 0")
+    for row in ps["rows"]:
+        for g in (2, 4):  # the hinge: L_ps >= margin + d+ - d- on average, and = it when every triplet is active
+            assert row[f"g{g} L_ps"] >= ps["ps_margin"] + row[f"g{g} d+"] - row[f"g{g} d-"] - 1e-6
+            assert 0 <= row[f"g{g} active"] <= 1 and -1 <= row[f"g{g} cos(photo, shuffled photo)"] <= 1
+    draw = drawing_check(config, over, [], tmp_path / "w")
+    assert draw["fractions"] == [0.25, 0.5, 0.75, 1.0] and len(draw["rows"]) == 1
+    assert len(draw["rows"][0]["Acc@1"]) == 4 and 0 <= draw["rows"][0]["m@A"] <= 1

@@ -4,6 +4,8 @@
     python train/bench.py --precision bf16      # bf16 autocast (default on CUDA)
     python train/bench.py --skip-learning --steps 2
     python train/bench.py --fg-check            # fine-grained check with pass criteria; last line fg_check=pass|fail {...}
+    python train/bench.py --ps-diagnosis CONFIG --diag-overrides pretrained=F data_root=D --diag-prompts step0 RUN/prompts.safetensors
+    python train/bench.py --drawing-check CONFIG --diag-overrides ... --diag-prompts ...  [--drawing-ndjson DIR]
 
 Throughput: one category-level training step (64 sketches + 64 positives + 64 negatives through the
 prompted ViT, triplet + classification losses, backward, Adam) on random tensors, so data loading is
@@ -22,6 +24,10 @@ and a 2-layer ViT say nothing about retrieval quality with real CLIP weights.
 Fine-grained check (--fg-check): an instance-aware tiny backbone, then arms (a) prompts at step 0, (b) trained
 on true pairs, (c) trained with the seen pairs shuffled within class, (d) triplet + CE only, x seeds; the rule
 is `fg_verdict`, the criteria the FG_* constants.
+
+Diagnostics on saved runs (frozen backbone vs prompt files): --ps-diagnosis (why the patch-shuffle loss sits at its
+margin: shuffled vs unshuffled embeddings, the loss's d+ / d- per grid) and --drawing-check (retrieval while
+drawing: mAP@200 or Acc@k at 25/50/75/100 % of the strokes, m@A / m@B).
 """
 
 from __future__ import annotations
@@ -403,6 +409,141 @@ def print_fg_check(r: dict[str, Any]) -> None:
         print(f"FAIL: {reason}")
 
 
+# ---- diagnostics on saved runs: the patch-shuffle loss, retrieval while drawing (issue 17 items 3 and 4) ----
+def _models_for(cfg: Any, prompts: list[str]) -> dict[str, tuple[Any, dict[str, torch.Tensor] | None]]:
+    """The frozen backbone (no prompts) and each prompt file ("step0": untrained prompts), as (spec, state) by label."""
+    from zsdemo.model.prompts import read_checkpoint
+
+    models: dict[str, tuple[Any, dict[str, torch.Tensor] | None]] = {
+        "frozen backbone, no prompts": (spec_for(cfg.setting, n_prompts=0, layernorm=False), None)}
+    for path in prompts:
+        if path == "step0":  # the config's prompts at initialisation (seed = cfg.seed)
+            models[f"prompts at step 0 (seed {cfg.seed})"] = (spec_for(cfg.setting, cfg.n_prompts, cfg.deep, cfg.layernorm), None)
+            continue
+        ckpt = read_checkpoint(path)
+        models[f"prompts {Path(path).parent.name}/{Path(path).name} (step {ckpt.meta.get('step')})"] = (ckpt.spec, ckpt.state)
+    return models
+
+
+def _ps_stats(embed: Any, s: torch.Tensor, p: torch.Tensor, grid: int, margin: float) -> dict[str, float]:
+    """The patch-shuffle triplet on (sketch, paired photo) image batches: both shuffled by perm1 (positive) and the
+    photo by another perm2 (negative), as train/datasets.py draws them."""
+    from train.losses import cosine_distance
+    from train.transforms import draw_permutation, patch_shuffle
+
+    rng = random.Random(0)
+    perm1 = [draw_permutation(rng, grid) for _ in range(len(s))]
+    perm2 = [draw_permutation(rng, grid, exclude=q) for q in perm1]
+    shuffle = lambda x, perms: torch.stack([patch_shuffle(x[i], perms[i], grid) for i in range(len(x))])  # noqa: E731
+    e_p, e_sp, e_pp = embed(p, "photo"), embed(shuffle(s, perm1), "sketch"), embed(shuffle(p, perm1), "photo")
+    e_pn, e_s = embed(shuffle(p, perm2), "photo"), embed(s, "sketch")
+    d_pos, d_neg = cosine_distance(e_sp, e_pp), cosine_distance(e_sp, e_pn)
+    cos = lambda a, b: float((a * b).sum(-1).mean())  # noqa: E731 (embeddings are L2-normalised)
+    return {f"g{grid} cos(photo, shuffled photo)": cos(e_p, e_pp), f"g{grid} cos(sketch, shuffled sketch)": cos(e_s, e_sp),
+            f"g{grid} cos(photo perm1, photo perm2)": cos(e_pp, e_pn), f"g{grid} d+": float(d_pos.mean()),
+            f"g{grid} d-": float(d_neg.mean()), f"g{grid} d- - d+ (sd)": float((d_neg - d_pos).std()),
+            f"g{grid} L_ps": float(torch.relu(margin + d_pos - d_neg).mean()),
+            f"g{grid} active": float((margin + d_pos - d_neg > 0).double().mean())}
+
+
+def _ps_row(cfg: Any, label: str, spec: Any, state: dict[str, torch.Tensor] | None, part: Any, picks: list[int],
+            grids: tuple[int, ...]) -> dict[str, Any]:
+    """ps_diagnosis for one model: hard-triplet distances and _ps_stats per grid on the picked seen pairs."""
+    from train.datasets import load_sketch
+    from train.losses import cosine_distance
+    from train.transforms import eval_transform
+    from zsdemo.model.preprocess import load_photo
+
+    clip, step_model = build_model(cfg.model, cfg.pretrained, spec, seed=cfg.seed)
+    if state is not None:
+        step_model.prompted.load_learned_state(state)
+    prompted, transform = step_model.prompted.eval(), eval_transform(clip)
+    by_class = part.photos_by_class()
+    pairs = [part.sketch_pairs[i] for i in picks]
+    same = [by_class[part.sketch_labels[i]] for i in picks]
+    negs = [c[(c.index(q) + 1) % len(c)] for c, q in zip(same, pairs, strict=True)]  # the next photo of the class
+    s = torch.stack([transform(load_sketch(part.sketches[i], "none")) for i in picks])
+    p, neg = (torch.stack([transform(load_photo(part.photos[j])) for j in js]) for js in (pairs, negs))
+
+    def embed(x: torch.Tensor, modality: str) -> torch.Tensor:
+        return prompted(x, modality).float()
+
+    with torch.no_grad():
+        d_pos, d_neg = cosine_distance(embed(s, "sketch"), embed(p, "photo")), cosine_distance(embed(s, "sketch"), embed(neg, "photo"))
+        row = {"model": label, "image_size": int(s.shape[-1]), "d(s, p+)": float(d_pos.mean()), "d(s, p-)": float(d_neg.mean()),
+               "hard triplet": float(torch.relu(cfg.margin + d_pos - d_neg).mean())}
+        for grid in grids:
+            row.update(_ps_stats(embed, s, p, grid, cfg.ps_margin))
+    return row
+
+
+def ps_diagnosis(config: Path, overrides: list[str], prompts: list[str], grids: tuple[int, ...] = (2, 4),
+                 n: int = 210) -> dict[str, Any]:
+    """Why L_ps sits at its margin: on n seen (training) pairs without augmentation, for the frozen backbone and each
+    prompt file, cosines between shuffled and unshuffled embeddings, the patch-shuffle triplet's d+ / d- / loss per
+    grid, and the hard triplet's own d(s, p+), d(s, p-) (p- = the next photo of the same class)."""
+    from train.config import load_config
+    from train.splits import split_from_config
+
+    cfg = load_config(config, overrides)
+    part = split_from_config(cfg, check_sampler=False).train
+    picks = [int(i * len(part.sketches) / n) for i in range(min(n, len(part.sketches)))]
+    rows = [_ps_row(cfg, label, spec, state, part, picks, grids) for label, (spec, state) in _models_for(cfg, prompts).items()]
+    sizes = [row.pop("image_size") for row in rows]
+    return {"config": str(config), "overrides": overrides, "pairs": len(picks), "image_size": sizes[0],
+            "ps_margin": cfg.ps_margin, "grids": list(grids), "rows": rows}
+
+
+def drawing_check(config: Path, overrides: list[str], prompts: list[str], work: Path, ndjson_dir: str = "",
+                  limit: int = 0) -> dict[str, Any]:
+    """Retrieval while drawing: the unseen sketches redrawn stroke by stroke at 25/50/75/100 % of their strokes, for
+    the frozen backbone and each prompt file; category-level mAP@200 / P@200 per fraction, fine-grained Acc@1/5 per
+    fraction and m@A / m@B (train/eval.py). Sketches: train.synthetic data (strokes_of), or with ndjson_dir the
+    QuickDraw drawings of the unseen classes (`<ndjson_dir>/<class>.ndjson`, first `limit` per class; category-level)
+    against the config's unseen photos."""
+    from accelerate import Accelerator
+
+    from train.config import load_config
+    from train.eval import DRAW_FRACTIONS, drawing_parts, evaluate_while_drawing
+    from train.splits import ndjson_part, split_from_config
+    from train.synthetic import dataset_instances, strokes_of
+    from train.transforms import eval_transform
+
+    cfg = load_config(config, overrides)
+    part = split_from_config(cfg, check_sampler=False).test
+    if ndjson_dir:
+        part, drawings = ndjson_part(part, ndjson_dir, limit)
+        steps = drawing_parts(part, drawings.__getitem__, 256, work, thin_last=False)  # QuickDraw's 256 x 256 canvas
+    else:
+        instances, size = dataset_instances(cfg.data_root)
+        steps = drawing_parts(part, lambda path: strokes_of(path, instances, size), size, work)
+    accelerator = Accelerator(cpu=True)
+    rows = []
+    for label, (spec, state) in _models_for(cfg, prompts).items():
+        clip, step_model = build_model(cfg.model, cfg.pretrained, spec, seed=cfg.seed)
+        if state is not None:
+            step_model.prompted.load_learned_state(state)
+        rows.append({"model": label, **evaluate_while_drawing(accelerator, step_model.prompted, steps, eval_transform(clip), cfg)})
+    return {"config": str(config), "overrides": overrides, "setting": cfg.setting, "fractions": list(DRAW_FRACTIONS), "rows": rows}
+
+
+def print_diagnostics(ps: dict[str, Any] | None, draw: dict[str, Any] | None) -> None:
+    if ps:
+        print(f"\n## Patch-shuffle diagnosis ({ps['pairs']} seen pairs, {ps['image_size']} px, ps_margin {ps['ps_margin']})")
+        for row in ps["rows"]:
+            print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}))
+    if draw:
+        keys = ("mAP@200", "P@200") if draw["setting"] == "category" else ("Acc@1", "Acc@5")
+        print(f"\n## Retrieval while drawing ({draw['setting']}; strokes drawn: {', '.join(f'{f:.0%}' for f in draw['fractions'])})")
+        extra = "" if draw["setting"] == "category" else " m@A | m@B |"
+        print("| model | " + " | ".join(f"{k} at {f:.0%}" for k in keys for f in draw["fractions"]) + f" |{extra}")
+        print("|---|" + "---|" * (len(keys) * len(draw["fractions"]) + (2 if extra else 0)))
+        for row in draw["rows"]:
+            cells = [f"{v:.3f}" if draw["setting"] == "category" else f"{v:.1f}" for k in keys for v in row[k]]
+            tail = "" if draw["setting"] == "category" else f" {row['m@A']:.3f} | {row['m@B']:.3f} |"
+            print(f"| {row['model']} | " + " | ".join(cells) + f" |{tail}")
+
+
 def load_tiny_log_every() -> int:
     from train.config import load_config
 
@@ -436,6 +577,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--fg-check-overrides", nargs="*", default=[],
                         help="key=value overrides of train/configs/tiny_fine_grained.yaml for every --fg-check run")
     parser.add_argument("--jobs", type=int, default=2, help="--fg-check training processes at a time (1 thread each)")
+    parser.add_argument("--ps-diagnosis", default="", metavar="CONFIG",
+                        help="patch-shuffle diagnosis on this config's seen pairs (with --diag-overrides, --diag-prompts)")
+    parser.add_argument("--drawing-check", default="", metavar="CONFIG",
+                        help="retrieval while drawing on this config's unseen synthetic sketches (frozen vs --diag-prompts)")
+    parser.add_argument("--drawing-ndjson", default="", metavar="DIR",
+                        help="--drawing-check on QuickDraw drawings: DIR/<class>.ndjson for each unseen class (category)")
+    parser.add_argument("--drawing-limit", type=int, default=0, help="drawings per class read from each .ndjson (0 = all)")
+    parser.add_argument("--diag-overrides", nargs="*", default=[], help="key=value overrides for the two diagnostics")
+    parser.add_argument("--diag-prompts", nargs="*", default=[],
+                        help="prompt files compared with the frozen backbone; 'step0' = the config's untrained prompts")
     parser.add_argument("--output", default="", help="write the results as JSON here")
     return parser.parse_args(argv)
 
@@ -512,7 +663,7 @@ def run_fg_check(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    if args.fg_check:  # runs alone
+    if args.fg_check or args.ps_diagnosis or args.drawing_check:  # run alone
         args.skip_throughput = args.skip_learning = True
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     set_cpu_threads(torch.device(args.device).type, 1)  # OMP_NUM_THREADS when set
@@ -526,6 +677,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         results["fine_grained"] = run_fine_grained(args)
     if args.fg_check:
         results["fg_check"] = run_fg_check(args)
+    if args.ps_diagnosis:
+        results["ps_diagnosis"] = ps_diagnosis(Path(args.ps_diagnosis), args.diag_overrides, args.diag_prompts)
+    if args.drawing_check:
+        with tempfile.TemporaryDirectory() as tmp:
+            results["drawing"] = drawing_check(Path(args.drawing_check), args.diag_overrides, args.diag_prompts, Path(tmp),
+                                               args.drawing_ndjson, args.drawing_limit)
+    print_diagnostics(results.get("ps_diagnosis"), results.get("drawing"))
     if args.output:
         Path(args.output).write_text(json.dumps(results, indent=2, default=str))
     if args.fg_check:

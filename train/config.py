@@ -89,9 +89,10 @@ class TrainConfig:
     # L_delta softmax temperature: softmax(delta / delta_tau). Cosine deltas span about +-0.2, so tau = 1 (the
     # paper's formula taken literally) gives an almost flat softmax and a near-zero gradient; see train/BENCH.md.
     delta_tau: float = 0.1
-    # L_delta pairing: paired (the q-th triplet of class i against the q-th of class j, as printed; depends on
-    # the sampler's order) | sorted (deltas sorted within each class first: order-invariant). See train/losses.py.
-    delta_form: str = "paired"
+    # L_delta pairing: sorted (deltas sorted within each class first: order-invariant; the default, chosen in
+    # train/BENCH.md) | paired (the q-th triplet of class i against the q-th of class j, as printed; depends on
+    # the sampler's order). See train/losses.py.
+    delta_form: str = "sorted"
     ps_weight: float = 1.0  # fine-grained only
     ps_margin: float = 0.3  # not published; our choice
     ps_grid: int = 2

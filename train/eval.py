@@ -154,6 +154,71 @@ def on_the_fly_metrics(better: torch.Tensor, tied: torch.Tensor, gallery_size: i
             "steps": int(better.shape[1])}
 
 
+DRAW_FRACTIONS = (0.25, 0.5, 0.75, 1.0)
+
+
+def drawing_parts(part: Part, strokes: Any, size: int, out_dir: str | Path,
+                  fractions: tuple[float, ...] = DRAW_FRACTIONS, thin_last: bool = True) -> list[Part]:
+    """Sketches as they are being drawn: for each fraction f, every sketch of `part` rendered after the first
+    ceil(f * T) of its T strokes (at least one), written to out_dir/<f>/<class>/<name>.png.
+
+    strokes(path) -> the sketch's ordered strokes in pixels of a size x size canvas (train.synthetic.strokes_of;
+    thin_last: its last stroke, the synthetic inner mark, drawn thinner; False for real drawings, e.g.
+    train.splits.ndjson_part). Returns one Part per fraction with the same classes, photos, labels and pairs as
+    `part`: only the sketch files differ."""
+    import math
+
+    from train.synthetic import render_strokes
+
+    parts = []
+    for f in fractions:
+        paths = []
+        for path in part.sketches:
+            path = Path(path)
+            lines = strokes(path)
+            target = Path(out_dir) / f"{f:g}" / path.parent.name / f"{path.stem}.png"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            render_strokes(lines, size, max(1, math.ceil(f * len(lines) - 1e-9)), thin_last).save(target)
+            paths.append(target)
+        parts.append(Part(classes=part.classes, sketches=paths, sketch_labels=part.sketch_labels,
+                          sketch_pairs=part.sketch_pairs, photos=part.photos, photo_labels=part.photo_labels))
+    return parts
+
+
+def evaluate_while_drawing(accelerator: Any, prompted: torch.nn.Module, step_parts: list[Part], transform: Any,
+                           cfg: TrainConfig) -> dict[str, Any]:
+    """Retrieval after each drawing step (step_parts from drawing_parts, all sharing one gallery).
+
+    Category-level: mAP@200 and P@200 per step (cfg's convention, ties, averaging). Fine-grained: the paired
+    photo among all unseen photos: Acc@1 / Acc@5 (%) per step and m@A / m@B over the episode (on_the_fly_metrics)."""
+    part = step_parts[0]
+    _, p_dl, _ = eval_loaders(part, transform, cfg.eval_batch_size, 0, 0, cfg.sketch_mode)
+    g_feats, g_ok, _ = encode(accelerator, prompted, p_dl, "photo")
+    steps = []
+    for step in step_parts:
+        s_dl, _, _ = eval_loaders(step, transform, cfg.eval_batch_size, 0, 0, cfg.sketch_mode)
+        q_feats, q_ok, _ = encode(accelerator, prompted, s_dl, "sketch")
+        if not (bool(q_ok.all()) and bool(g_ok.all())):
+            raise ValueError("evaluate_while_drawing needs every sketch and photo readable")
+        steps.append(q_feats)
+    labels, g_labels = torch.tensor(part.sketch_labels), torch.tensor(part.photo_labels)
+    out: dict[str, Any] = {"setting": cfg.setting, "n_queries": len(labels), "n_gallery": len(g_labels), "ties": cfg.metric_ties}
+    if cfg.setting == "category":
+        per_step = [category_metrics(q, labels, g_feats, g_labels, cfg.metric_convention, ties=cfg.metric_ties,
+                                     average=cfg.metric_average, ks=(200,), ps=(200,)) for q in steps]
+        out.update(convention=cfg.metric_convention, average=cfg.metric_average,
+                   **{k: [m[k] for m in per_step] for k in ("mAP@200", "P@200")})
+        return out
+    from train.metrics import hit_probability
+
+    better, tied = episode_ranks(steps, g_feats, torch.tensor(part.sketch_pairs), cfg.metric_ties)
+    out.update(on_the_fly_metrics(better, tied, len(g_labels), cfg.metric_ties))
+    for k in (1, 5):
+        out[f"Acc@{k}"] = [100 * float(hit_probability(better[:, t], tied[:, t], k, cfg.metric_ties).mean())
+                           for t in range(better.shape[1])]
+    return out
+
+
 FG_GALLERY_NAMES = {"unseen": "all unseen-class photos", "category": "photos of the sketch's class"}
 AVERAGE_NAMES = {"query": "mean over queries", "class": "mean over classes of per-class means"}
 TIE_NAMES = {"random": "ties in random order (expected value)", "pessimistic": "ties counted against the query",

@@ -11,9 +11,7 @@ import torch.nn.functional as F
 
 from train.config import DEFAULTS
 
-# Defaults come from the training config (train/config.py: DEFAULTS); fit.py always passes the config's values.
-# One exception: delta_loss's own tau defaults to 1.0, the formula as printed in the paper, which the
-# hand-computed test in tests/test_losses.py checks; the objective (fine_grained_losses) uses DEFAULTS.delta_tau.
+# Every default comes from the training config (train/config.py: DEFAULTS); fit.py always passes the config's values.
 
 def cosine_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Row-wise 1 - cos(a_i, b_i) for (N, D) tensors (normalised here, so unnormalised input is fine)."""
@@ -37,13 +35,13 @@ DELTA_FORMS = ("paired", "sorted")
 
 
 def delta_loss(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, n_classes: int,
-               tau: float = 1.0, form: str = DEFAULTS.delta_form) -> torch.Tensor:
+               tau: float = DEFAULTS.delta_tau, form: str = DEFAULTS.delta_form) -> torch.Tensor:
     """L_delta: uniform relative separation across categories.
 
     The batch holds n_classes contiguous blocks of Q triplets. For block c, D_c = softmax over its Q
     triplets of delta / tau, delta = d(s, p+) - d(s, p-). L = mean over ordered pairs i != j of KL(D_i || D_j).
     Gradients flow through both arguments of each KL (the paper does not say; our choice).
-    tau = 1 is the formula as printed; cosine deltas span only about +-0.2, where that softmax is nearly
+    tau = 1 is the formula as printed (the default is the training config's delta_tau); cosine deltas span only about +-0.2, where that softmax is nearly
     flat (KL and its gradient scale roughly with 1 / tau^2), hence the temperature.
 
     form "paired" (as printed): the q-th triplet of class i is compared with the q-th of class j, so the value

@@ -217,3 +217,47 @@ def check_trainable(part: Part, cfg: Any) -> None:
     if len(usable) < cfg.p_classes:
         raise DataError(f"The fine-grained sampler needs {cfg.p_classes} classes with at least {q} sketches and 2 photos "
                         f"each; only {len(usable)} seen classes qualify. Lower batch_size or instances_per_class.")
+
+
+Strokes = list[list[tuple[float, float]]]
+
+
+def read_ndjson_strokes(path: str | Path, limit: int = 0, recognized_only: bool = True) -> list[tuple[str, Strokes]]:
+    """QuickDraw's ndjson files (Google's `simplified/<class>.ndjson`, one drawing per line: {"word", "countrycode",
+    "timestamp", "recognized", "key_id", "drawing": [[xs, ys], ...]}; the raw files add a third list of times)
+    -> (key_id, strokes) in file order, i.e. in drawing order within each drawing. limit > 0 keeps the first limit."""
+    import json
+
+    out: list[tuple[str, Strokes]] = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            item = json.loads(line)
+            if recognized_only and not item.get("recognized", True):
+                continue
+            out.append((str(item["key_id"]), [list(zip(s[0], s[1], strict=True)) for s in item["drawing"]]))
+            if limit and len(out) >= limit:
+                break
+    return out
+
+
+def ndjson_part(photos: Part, stroke_dir: str | Path, limit: int = 0) -> tuple[Part, dict[Path, Strokes]]:
+    """The drawings of photos' classes from `<stroke_dir>/<class>.ndjson` (file names matched ignoring case, `_`, `-`
+    and spaces, like the folders), as a Part with photos' gallery. Its sketch paths `<stroke_dir>/<class>/<key_id>`
+    are not files: they key the returned strokes (render them with train.eval.drawing_parts)."""
+    root = Path(stroke_dir)
+    files = {normalise_class(p.stem): p for p in sorted(root.glob("*.ndjson"))}
+    missing = [c for c in photos.classes if normalise_class(c) not in files]
+    if missing:
+        raise DataError(f"{len(missing)} class(es) have no <class>.ndjson in {root}: {', '.join(missing[:10])}.")
+    part = Part(classes=list(photos.classes), photos=list(photos.photos), photo_labels=list(photos.photo_labels))
+    strokes: dict[Path, Strokes] = {}
+    for label, name in enumerate(photos.classes):
+        for key, drawing in read_ndjson_strokes(files[normalise_class(name)], limit):
+            path = root / name / key
+            strokes[path] = drawing
+            part.sketches.append(path)
+            part.sketch_labels.append(label)
+            part.sketch_pairs.append(-1)
+    return part, strokes

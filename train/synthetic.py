@@ -121,31 +121,68 @@ def sketch_strokes(shape: str, inst: dict[str, float], size: int, rng: random.Ra
     return strokes
 
 
-def render_strokes(strokes: list[list[tuple[float, float]]], size: int, n: int | None = None) -> Image.Image:
-    """The canvas after the first n strokes (all when None): black lines on white, as render_sketch draws."""
+def render_strokes(strokes: list[list[tuple[float, float]]], size: int, n: int | None = None,
+                   mark_last: bool = True) -> Image.Image:
+    """The canvas after the first n strokes (all when None): black lines on white, as render_sketch draws them
+    (outline at width size // 40; with mark_last, the last stroke - sketch_strokes' inner mark - at size // 64)."""
     image = Image.new("RGB", (size, size), "white")
     draw = ImageDraw.Draw(image)
-    for stroke in strokes[:n]:
-        draw.line(stroke, fill="black", width=max(1, size // 40), joint="curve")
+    for i, stroke in enumerate(strokes[:n]):
+        thin = mark_last and i == len(strokes) - 1
+        draw.line(stroke, fill="black", width=max(1, size // (64 if thin else 40)), joint="curve")
     return image
+
+
+def _draws(shapes: tuple[str, ...], photos_per_class: int, sketches_per_photo: int, size: int, seed: int):
+    """generate's random draws in order: (shape, stem, instance, photo, sketches) per photo."""
+    rng = random.Random(seed)
+    for shape in shapes:
+        for i in range(photos_per_class):
+            inst = _instance(rng)
+            photo = render_photo(shape, inst, size, rng)
+            sketches = [render_sketch(shape, inst, size, rng) for _ in range(sketches_per_photo)]
+            yield shape, f"{shape}_{i:03d}", inst, photo, sketches
 
 
 def generate(out: str | Path, shapes: tuple[str, ...] = SHAPES, photos_per_class: int = 12,
              sketches_per_photo: int = 2, size: int = 96, seed: int = 0) -> Path:
     """Write the dataset; returns its root. Deterministic for a given seed."""
     root = Path(out)
-    rng = random.Random(seed)
-    for shape in shapes:
+    for shape, stem, _, photo, sketches in _draws(shapes, photos_per_class, sketches_per_photo, size, seed):
         (root / "photo" / shape).mkdir(parents=True, exist_ok=True)
         (root / "sketch" / shape).mkdir(parents=True, exist_ok=True)
-        for i in range(photos_per_class):
-            inst = _instance(rng)
-            stem = f"{shape}_{i:03d}"
-            render_photo(shape, inst, size, rng).save(root / "photo" / shape / f"{stem}.jpg", quality=92)
-            for n in range(1, sketches_per_photo + 1):
-                render_sketch(shape, inst, size, rng).save(root / "sketch" / shape / f"{stem}-{n}.png")
+        photo.save(root / "photo" / shape / f"{stem}.jpg", quality=92)
+        for n, sketch in enumerate(sketches, 1):
+            sketch.save(root / "sketch" / shape / f"{stem}-{n}.png")
     log.info("wrote %d classes x %d photos (x %d sketches) to %s", len(shapes), photos_per_class, sketches_per_photo, root)
     return root
+
+
+def dataset_instances(root: str | Path, seed: int = 0) -> tuple[dict[str, tuple[str, dict[str, float]]], int]:
+    """(stem -> (shape, instance), image size) of a dataset that `generate` wrote, by replaying its draws.
+
+    The counts and size are read from the folders; the replayed sketches must equal the files on disk
+    (PNG, lossless), else ValueError (another seed or generator)."""
+    root = Path(root)
+    shapes = tuple(s for s in SHAPES if (root / "photo" / s).is_dir())
+    if not shapes:
+        raise ValueError(f"{root} holds no train.synthetic photo folders")
+    photos = len(list((root / "photo" / shapes[0]).glob("*.jpg")))
+    sketch_files = sorted((root / "sketch" / shapes[0]).glob("*.png"))
+    size = Image.open(sketch_files[0]).size[0]
+    out: dict[str, tuple[str, dict[str, float]]] = {}
+    for shape, stem, inst, _, sketches in _draws(shapes, photos, len(sketch_files) // photos, size, seed):
+        if not out and not np.array_equal(np.asarray(sketches[0]), np.asarray(Image.open(root / "sketch" / shape / f"{stem}-1.png").convert("RGB"))):
+            raise ValueError(f"{root} was not written by train.synthetic.generate with seed {seed}")
+        out[stem] = (shape, inst)
+    return out, size
+
+
+def strokes_of(sketch: Path, instances: dict[str, tuple[str, dict[str, float]]], size: int) -> list[list[tuple[float, float]]]:
+    """Stroke-ordered version of a synthetic sketch file `<stem>-<n>.png`: its instance drawn by sketch_strokes
+    (own jitter, seeded by the file name)."""
+    shape, inst = instances[sketch.stem.rpartition("-")[0]]
+    return sketch_strokes(shape, inst, size, random.Random(sketch.stem))
 
 
 def main(argv: list[str] | None = None) -> None:
