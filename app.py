@@ -49,7 +49,7 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
-from zsdemo.config import ServeConfig, is_random_weights, resolve_hub_file, resolve_serve_config
+from zsdemo.config import ServeConfig, is_random_weights, resolve_hub_file
 from zsdemo.errors import ZsdemoError
 from zsdemo.limits import (
     BRUSH_SIZE,
@@ -68,6 +68,7 @@ from zsdemo.serve.modes import CATEGORY, FINE_GRAINED, MODE_FLAGS, check_prompt_
 from zsdemo.serve.outcomes import SearchOutcome
 from zsdemo.serve.service import SearchService, find_thumbnail, thumbnail_folders
 from zsdemo.serve.weblog import quiet_dropped_connections
+from zsdemo.store.sources import resolve_for_cache
 
 log = logging.getLogger("zsdemo.app")
 
@@ -120,19 +121,7 @@ def parse_args(argv: Sequence[str] | None = None) -> ServeConfig:
     if args.allow_uploads:  # the flag wins over the environment, as every flag does
         os.environ["ZSDEMO_ALLOW_UPLOADS"] = "1"
     flags = vars(args)  # an existing cache is served as it was built: its model, weights and prompts, unless told otherwise
-    return resolve_serve_config(flags, manifest=cache_manifest(resolve_serve_config(flags).cache_dir))
-
-
-def cache_manifest(cache_dir: Path) -> dict[str, Any] | None:
-    """The manifest of a cache's live generation (what it was built with), as the CLI reads it; None for a cache not
-    built yet, or one that cannot be read (the service then says why, on the page)."""
-    from zsdemo.errors import CacheError
-    from zsdemo.store.layout import read_generation
-
-    try:
-        return read_generation(cache_dir)[0]
-    except CacheError:
-        return None
+    return resolve_for_cache(flags)
 
 
 # ---------------------------------------------------------------------------------------------

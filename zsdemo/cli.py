@@ -32,11 +32,23 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--query-precision", help=f"how sketch queries run: {', '.join(QUERY_PRECISIONS)}")
 
 
-def _serve_config(args: argparse.Namespace, manifest: dict[str, Any] | None = None) -> ServeConfig:
-    flags = {"model": args.model, "pretrained": args.pretrained, "prompts": args.prompts,
-             "query_precision": getattr(args, "query_precision", None), "cache": args.cache,
-             "galleries": getattr(args, "photo_dirs", None)}
-    return resolve_serve_config(flags, manifest)
+def _flags(args: argparse.Namespace) -> dict[str, Any]:
+    return {"model": args.model, "pretrained": args.pretrained, "prompts": args.prompts,
+            "query_precision": getattr(args, "query_precision", None), "cache": args.cache,
+            "galleries": getattr(args, "photo_dirs", None)}
+
+
+def _serve_config(args: argparse.Namespace) -> ServeConfig:
+    """The settings from flags and environment alone (which cache; before it is read)."""
+    return resolve_serve_config(_flags(args))
+
+
+def _cache_config(args: argparse.Namespace) -> ServeConfig:
+    """The settings the cache is served with: its manifest fills what flags and environment leave open (the
+    same function as the app's)."""
+    from zsdemo.store.sources import resolve_for_cache
+
+    return resolve_for_cache(_flags(args))
 
 
 def _encoder(config: ServeConfig, **overrides: Any):
@@ -73,7 +85,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     procs = Processes()
     try:
         cache = _serve_config(args).cache_dir
-        config = _serve_config(args, _try_manifest(cache))  # an existing cache keeps its model unless told otherwise
+        config = _cache_config(args)  # an existing cache keeps its model unless told otherwise
         if not procs.is_main:
             encoder = _encoder(config, device=str(procs.device), batch_size=args.batch_size)
             follow(procs, encoder, args.workers, args.batch_size, args.precision)
@@ -114,15 +126,6 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _try_manifest(cache: Path) -> dict[str, Any] | None:
-    from zsdemo.errors import CacheError
-
-    try:
-        return _load_manifest(cache)
-    except CacheError:
-        return None
-
-
 def _model_flags(args: argparse.Namespace) -> str:
     """The model flags given on this command line, to repeat them in a suggested command."""
     given = [(flag, getattr(args, name, None)) for flag, name in
@@ -146,7 +149,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     open_image(args.query, display_name=args.query)  # a missing or unreadable query fails before the model loads
     config = _serve_config(args)
     cache = config.cache_dir
-    encoder = _encoder(_serve_config(args, _load_manifest(cache)))
+    _load_manifest(cache)  # a missing or damaged cache is refused before the model loads
+    encoder = _encoder(_cache_config(args))
     engine = SearchEngine(encoder, Gallery.open(cache, encoder))
     if args.query_type == "sketch":  # the path chosen on this machine before, if any; one query never pays for a choice
         prepare_query_path(encoder, choose=False, check=False)
@@ -171,7 +175,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     cache = _serve_config(args).cache_dir
     manifest = _load_manifest(cache)
-    config = _serve_config(args, manifest)
+    config = _cache_config(args)
     current = fingerprint_without_loading(EncoderConfig.from_serve(config, config.prompts))
     present = [Path(s) for s in manifest["sources"] if Path(s).is_dir()]
     missing_sources = [s for s in manifest["sources"] if not Path(s).is_dir()]

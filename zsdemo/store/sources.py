@@ -3,12 +3,13 @@ only) the bundled starter photos. Never silently swaps a user's gallery for the 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
-from zsdemo.config import resolve_hub_folder
+from zsdemo.config import ServeConfig, resolve_hub_folder, resolve_serve_config
 from zsdemo.errors import CacheError, ZsdemoError
-from zsdemo.store.layout import is_new_cache, recorded_sources
+from zsdemo.store.layout import is_new_cache, read_generation, recorded_sources
 
 
 def gallery_sources(cache_dir: Path, galleries: Sequence[str]) -> list[Path] | None:
@@ -32,3 +33,18 @@ def gallery_sources(cache_dir: Path, galleries: Sequence[str]) -> list[Path] | N
         return [starter_photos_dir(Path(cache_dir).parent)]
     raise CacheError(f"The cache {cache_dir} does not record which photo folders it was built from; name them: "
                      f"`python -m zsdemo index PHOTO_DIR... --cache {cache_dir}`.")
+
+
+def live_manifest(cache_dir: Path) -> dict[str, Any] | None:
+    """The manifest of a cache's live generation (what it was built with); None for a cache not built yet, or one
+    that cannot be read (whoever opens it then says why)."""
+    try:
+        return read_generation(Path(cache_dir))[0]
+    except CacheError:
+        return None
+
+
+def resolve_for_cache(flags: Mapping[str, Any] | None = None) -> ServeConfig:
+    """The settings the app and the CLI serve a cache with: flag > environment > the cache's own manifest (its
+    model, weights and prompts) > default, the cache being the one the flags and environment name."""
+    return resolve_serve_config(flags, manifest=live_manifest(resolve_serve_config(flags).cache_dir))
