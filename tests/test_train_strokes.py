@@ -51,3 +51,8 @@ def test_last_stroke_is_drawn_as_thin_as_the_mark_of_render_sketch():
     ink = lambda img: int((np.asarray(img.convert("L")) < 128).sum())  # noqa: E731
     thin, thick = ink(render_strokes(strokes, 128)), ink(render_strokes(strokes, 128, mark_last=False))
     assert thin < thick  # mark at 128 // 64 = 2 px instead of 128 // 40 = 3 px
+
+
+def test_a_one_point_stroke_is_drawn_as_a_dot():
+    ink = int((np.asarray(render_strokes([[(10.0, 10.0)], [(1.0, 1.0), (50.0, 50.0)]], 64, 1, False).convert("L")) < 128).sum())
+    assert ink > 0

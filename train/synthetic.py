@@ -129,7 +129,12 @@ def render_strokes(strokes: list[list[tuple[float, float]]], size: int, n: int |
     draw = ImageDraw.Draw(image)
     for i, stroke in enumerate(strokes[:n]):
         thin = mark_last and i == len(strokes) - 1
-        draw.line(stroke, fill="black", width=max(1, size // (64 if thin else 40)), joint="curve")
+        width = max(1, size // (64 if thin else 40))
+        if len(stroke) == 1:  # a tap (QuickDraw has them): a dot, which a one-point line would not draw
+            (x, y), r = stroke[0], width / 2
+            draw.ellipse((x - r, y - r, x + r, y + r), fill="black")
+            continue
+        draw.line(stroke, fill="black", width=width, joint="curve")
     return image
 
 
