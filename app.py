@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import contextlib
 import html
 import io
 import itertools
@@ -37,10 +36,9 @@ import logging
 import os
 import re
 import sys
-import threading
 import time
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -55,7 +53,7 @@ from zsdemo.limits import (
     BRUSH_SIZE,
     CANVAS_SIZE,
     DEFAULT_STROKE_LIMITS,
-    BusyError,
+    ClientSlots,
     Gate,
     RateLimiter,
     Redactor,
@@ -342,59 +340,6 @@ def render_search(outcome: SearchOutcome, sketch: Any, mode: str | None = None, 
 # ---------------------------------------------------------------------------------------------
 # The page's handlers: input checks, rate limits and gates around the service, then rendering
 # ---------------------------------------------------------------------------------------------
-class ClientSlots:
-    """Fair sharing of the search slots: per client (`client_key`), at most `limit` searches running or waiting for a
-    slot; the client's next one waits (at most `wait_s`) for one of its own to finish, outside the shared gate, and at
-    most `max_waiting` of a client's wait at all (beyond: "busy" at once). So one client on two connections (two tabs,
-    a script) cannot hold both of two slots while others wait. Only clients with a search in progress are kept."""
-
-    def __init__(self, limit: int, max_waiting: int = 2, wait_s: float = 10.0) -> None:
-        self.limit, self.max_waiting, self.wait_s = max(1, limit), max(0, max_waiting), wait_s
-        self._cond = threading.Condition()
-        self._active: dict[str, list[int]] = {}  # client -> [searches holding a turn, searches waiting for one]
-
-    @contextlib.contextmanager
-    def enter(self, client: str | None) -> Iterator[None]:
-        if client is None:
-            yield
-            return
-        self._take(client)
-        try:
-            yield
-        finally:
-            with self._cond:
-                counts = self._active[client]
-                counts[0] -= 1
-                if counts == [0, 0]:
-                    del self._active[client]
-                self._cond.notify_all()
-
-    def _take(self, client: str) -> None:
-        deadline = time.monotonic() + self.wait_s
-        with self._cond:
-            counts = self._active.setdefault(client, [0, 0])
-            if counts[0] >= self.limit and counts[1] >= self.max_waiting:
-                raise BusyError("You already have searches running; wait for them and try again.")
-            counts[1] += 1
-            try:
-                while counts[0] >= self.limit:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        raise BusyError("Your earlier searches are still running; try again in a few seconds.")
-                    self._cond.wait(left)
-            except BaseException:
-                counts[1] -= 1
-                if counts == [0, 0]:
-                    del self._active[client]
-                raise
-            counts[1] -= 1
-            counts[0] += 1
-
-    def held(self, client: str) -> int:
-        with self._cond:
-            return self._active.get(client, [0, 0])[0]
-
-
 def empty_view(message: str = EMPTY_HINT) -> PageView:
     return [], None, message, [], None, False
 

@@ -12,6 +12,7 @@ from PIL import Image
 import app
 from tests.conftest import TINY_MODEL, canvas_value
 from zsdemo.config import ServeConfig
+from zsdemo.limits import BusyError, ClientSlots
 from zsdemo.serve.service import SearchService
 
 
@@ -295,20 +296,20 @@ def test_one_client_on_two_connections_does_not_hold_both_search_slots(service, 
 def test_client_slots_refuse_a_pile_of_waiting_searches():
     import threading
 
-    slots, heard = app.ClientSlots(1, max_waiting=1, wait_s=0.3), []
+    slots, heard = ClientSlots(1, max_waiting=1, wait_s=0.3), []
 
     def wait_in_line() -> None:
         try:
             with slots.enter("c"):
                 heard.append("ran")
-        except app.BusyError as exc:
+        except BusyError as exc:
             heard.append(str(exc))
 
     with slots.enter("c"):
         waiter = threading.Thread(target=wait_in_line)
         waiter.start()
         time.sleep(0.05)
-        with pytest.raises(app.BusyError, match="already have searches running"):  # one waiting is the most
+        with pytest.raises(BusyError, match="already have searches running"):  # one waiting is the most
             slots.enter("c").__enter__()
         waiter.join()
     assert heard and "still running" in heard[0]  # the one waiting gave up after wait_s, with a message
