@@ -217,7 +217,8 @@ def test_touch_draws_on_a_phone_and_gets_results(browser_app):
         for x, y in points[1:]:
             cdp.send("Input.dispatchTouchEvent", {"type": "touchMove", "touchPoints": [{"x": x, "y": y}]})
         cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
-        wait_for(lambda: len(recorder.calls) > before and recorder.calls[-1] >= 5, what="a search after the touch stroke")
+        wait_for(lambda: len(recorder.calls) > before and recorder.calls[-1] >= 5, what="a search after the touch stroke",
+                 describe=lambda: f"status {page.inner_text('#zs-status')!r}; searched inks {recorder.calls[before:]}")
         wait_for(lambda: len(captions(page)) == 12, what="results on the phone")
         page.screenshot(path=str(ARTIFACTS / "browser-touch.png"), full_page=True)
     finally:
