@@ -88,6 +88,29 @@ INSTRUMENT_JS = r"""
       }
     })();
   }
+  // One POST whose response is the result (no queue): `pick` reads (function, strokes value) from the request body,
+  // `result` (output, seconds the server says it took) from the response.
+  Z.direct = async function(input, init, kind, pick, result) {
+    let fn = null, strokes = null;
+    try {
+      const [f, v] = pick(JSON.parse(init && init.body));
+      fn = f;
+      if (typeof v === 'string' && v.startsWith('{')) strokes = JSON.parse(v).strokes.length;
+    } catch (e) {}
+    const rec = {sent: performance.now(), fn, strokes, headers: null, acked: null, event_id: kind + '-' + Z.joins.length,
+                 direct: true};
+    Z.joins.push(rec);
+    const resp = await origFetch(input, init);
+    rec.headers = performance.now();
+    resp.clone().json().then(j => {
+      rec.acked = performance.now();
+      const [output, duration] = result(j);
+      const m = {msg: 'process_completed', event_id: rec.event_id, output, success: true};
+      Z.msgs.push({t: rec.acked, msg: m.msg, event_id: m.event_id, duration});
+      Z.expectPaint(m, rec.acked);
+    }).catch(() => {});
+    return resp;
+  };
   window.fetch = async function(input, init) {
     const url = typeof input === 'string' ? input : (input && input.url) || String(input);
     if (url.includes('/queue/join')) {
@@ -106,47 +129,12 @@ INSTRUMENT_JS = r"""
       return resp;
     }
     if (url.includes('/run/predict')) {  // an event with queue=False: one POST, the result in its response
-      let fn = null, strokes = null;
-      try {
-        const body = JSON.parse(init && init.body);
-        fn = body.fn_index;
-        const v = body.data && body.data[0];
-        if (typeof v === 'string' && v.startsWith('{')) strokes = JSON.parse(v).strokes.length;
-      } catch (e) {}
-      const rec = {sent: performance.now(), fn, strokes, headers: null, acked: null, event_id: 'direct-' + Z.joins.length,
-                   direct: true};
-      Z.joins.push(rec);
-      const resp = await origFetch(input, init);
-      rec.headers = performance.now();
-      resp.clone().json().then(j => {
-        rec.acked = performance.now();
-        const m = {msg: 'process_completed', event_id: rec.event_id, output: j, success: true};
-        Z.msgs.push({t: rec.acked, msg: m.msg, event_id: m.event_id, duration: typeof j.duration === 'number' ? j.duration : null});
-        Z.expectPaint(m, rec.acked);
-      }).catch(() => {});
-      return resp;
+      return Z.direct(input, init, 'direct', body => [body.fn_index, body.data && body.data[0]],
+                      j => [j, typeof j.duration === 'number' ? j.duration : null]);
     }
     if (url.includes('/component_server')) {  // the canvas's own server function: one POST, the view in its response
-      let fn = null, strokes = null;
-      try {
-        const body = JSON.parse(init && init.body);
-        fn = body.fn_name;
-        const v = body.data && body.data.sketch;
-        if (typeof v === 'string' && v.startsWith('{')) strokes = JSON.parse(v).strokes.length;
-      } catch (e) {}
-      const rec = {sent: performance.now(), fn, strokes, headers: null, acked: null, event_id: 'server-' + Z.joins.length,
-                   direct: true};
-      Z.joins.push(rec);
-      const resp = await origFetch(input, init);
-      rec.headers = performance.now();
-      resp.clone().json().then(j => {
-        rec.acked = performance.now();
-        const m = {msg: 'process_completed', event_id: rec.event_id, output: {data: [j]}, success: true};
-        Z.msgs.push({t: rec.acked, msg: m.msg, event_id: m.event_id,
-                     duration: typeof j.handler_ms === 'number' ? j.handler_ms / 1000 : null});
-        Z.expectPaint(m, rec.acked);
-      }).catch(() => {});
-      return resp;
+      return Z.direct(input, init, 'server', body => [body.fn_name, body.data && body.data.sketch],
+                      j => [{data: [j]}, typeof j.handler_ms === 'number' ? j.handler_ms / 1000 : null]);
     }
     if (url.includes('/queue/data')) {
       const resp = await origFetch(input, init);

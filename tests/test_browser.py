@@ -165,14 +165,20 @@ def test_fast_strokes_newest_sketch_wins(browser_app):
     page.screenshot(path=str(ARTIFACTS / "browser-fast-strokes.png"), full_page=True)
 
 
-def test_page_shows_startup_progress_until_ready(browser_app, tiny_encoder, tmp_path):
-    """Before the gallery is ready the page says so; the timer then clears the banner and shows the size."""
-    page = browser_app[0]
+def launch_not_started(encoder: Any, tmp_path: Path) -> tuple[SearchService, Any, str]:
+    """A launched app whose service has not started yet (its gallery is prepared when the test says so)."""
     config = ServeConfig(cache=str(tmp_path / "cache"), model=TINY_MODEL, pretrained="none")
-    backend = SearchService(config, encoder=tiny_encoder)
+    backend = SearchService(config, encoder=encoder)
     demo = app.build_demo(backend)
     _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True,
                             **{**app.launch_kwargs(config), "server_name": "127.0.0.1", "server_port": None})
+    return backend, demo, url
+
+
+def test_page_shows_startup_progress_until_ready(browser_app, tiny_encoder, tmp_path):
+    """Before the gallery is ready the page says so; the timer then clears the banner and shows the size."""
+    page = browser_app[0]
+    backend, demo, url = launch_not_started(tiny_encoder, tmp_path)
     try:
         page.goto(url)
         page.wait_for_selector("#zs-banner .zs-banner")
@@ -292,11 +298,7 @@ def test_a_sketch_drawn_while_the_gallery_loads_gets_results_when_it_is_ready(br
     """Issue 16 item 4: the stroke made during start-up hears "still preparing"; once the gallery is ready the page
     searches that sketch itself (the start-up timer), with no further stroke."""
     page = browser_app[0]
-    config = ServeConfig(cache=str(tmp_path / "cache"), model=TINY_MODEL, pretrained="none")
-    backend = SearchService(config, encoder=tiny_encoder)
-    demo = app.build_demo(backend)
-    _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True,
-                            **{**app.launch_kwargs(config), "server_name": "127.0.0.1", "server_port": None})
+    backend, demo, url = launch_not_started(tiny_encoder, tmp_path)
     try:
         page.goto(url)
         page.wait_for_selector("#zs-sketch canvas[data-ready]")
