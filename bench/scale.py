@@ -156,6 +156,44 @@ def exact_child(vectors: Path, queries: np.ndarray, truth: np.ndarray, budget_s:
     return {"build_s": 0.0, "build_peak_rss": 0, "tuned": figures, "sweep": [], "after_queries": proc_status()}
 
 
+def extend_child(vectors: Path, work: Path, params: dict[str, Any], queries: np.ndarray, ef: int,
+                 budget_s: float) -> dict[str, Any]:
+    """What adding photos to a built gallery costs: the library's extend_hnsw grows the index just built by
+    `extend_rows` new rows (near random gallery rows, like new photos of the same kinds), timed against the
+    full build; then recall@10 of the grown index against exact search over all rows, at the tuned ef."""
+    import torch
+
+    from zsdemo.store.generation import write_npy
+    from zsdemo.store.index import (
+        IndexConfig,
+        exact_search_many,
+        extend_hnsw,
+        iter_row_chunks,
+        open_searcher,
+        probe_queries,
+        source_rows,
+    )
+
+    n, extra = source_rows(vectors), int(params["extend_rows"])
+    grown = work / f"grown-{os.getpid()}.npy"
+    new_rows = probe_queries(vectors, extra, seed=11)
+    write_npy(grown, n + extra, DIM, [*iter_row_chunks(vectors), new_rows])
+    cfg = IndexConfig(hnsw_m=params.get("m", 16), hnsw_ef_construction=params.get("ef_construction", 100),
+                      build_threads=params["build_threads"])
+    base = next(work.glob(f"index-hnsw-{os.getpid()}"))
+    torch.set_num_threads(params["build_threads"])
+    cpu0, started = cpu_seconds(), time.perf_counter()
+    added = extend_hnsw(base, grown, work / f"index-hnsw-{os.getpid()}-grown", cfg)
+    out = {"rows": added, "extend_s": time.perf_counter() - started, "extend_cpu_s": cpu_seconds() - cpu0}
+    truth = exact_search_many(grown, queries, K)
+    torch.set_num_threads(1)
+    searcher = open_searcher("hnsw", work / f"index-hnsw-{os.getpid()}-grown", DIM, cfg)
+    out.update(query_figures(lambda q: searcher.search(q, K, ef)[0], queries, truth, budget_s))
+    searcher.unload()
+    grown.unlink()
+    return out
+
+
 def child_main(backend: str, vectors: Path, work: Path, params: dict[str, Any]) -> dict[str, Any]:
     import torch
 
@@ -167,6 +205,9 @@ def child_main(backend: str, vectors: Path, work: Path, params: dict[str, Any]) 
     torch.set_num_threads(1)  # one thread per query (and for the tuning's exact search: it is not timed)
     result.update(tune_and_sweep(backend, searcher, vectors, queries, truth, budget_s))
     result["after_queries"] = proc_status()
+    if backend == "hnsw" and params.get("extend_rows"):
+        searcher.unload()
+        result["extend"] = extend_child(vectors, work, params, queries, result["tuned_setting"], budget_s)
     for path in work.glob(f"index-{backend}-{os.getpid()}*"):
         path.unlink()
     return result
@@ -212,6 +253,11 @@ def judge(result: dict[str, Any], emb_bytes: int) -> dict[str, Any]:
         fastest = min(best, key=lambda r: r["p50_ms"])
         out["sweep_best"] = {"setting": fastest["setting"], "p50_ms": round(fastest["p50_ms"], 3),
                              "recall_at_10": round(fastest["recall_at_10"], 4)}
+    if "extend" in result:
+        e = result["extend"]
+        out["grown"] = {"rows": e["rows"], "extend_s": round(e["extend_s"], 1), "p50_ms": round(e["p50_ms"], 3),
+                        "recall_at_10": round(e["recall_at_10"], 4)}
+        checks["grown_recall"] = e["recall_at_10"] >= TARGETS["recall_at_10"]
     return {**out, "checks": checks, "pass": all(checks.values())}
 
 
@@ -231,6 +277,11 @@ def print_backend(name: str, result: dict[str, Any], emb_bytes: int) -> None:
               f"(anon peak {gib(result['peak'].get('RssAnon', 0))}, file-backed peak "
               f"{gib(result['peak'].get('RssFile', 0))}; before the build {gib(base)}, growth "
               f"{(peak - base) / emb_bytes:.2f}x); index file {gib(result['index_bytes'])}; open {result['open_s']:.2f} s")
+    if "extend" in result:
+        e = result["extend"]
+        print(f"         grown by {e['rows']:,} rows (extend_hnsw): {e['extend_s']:.1f} s (CPU {e['extend_cpu_s']:.0f} s) "
+              f"against the {result['build_s']:.0f} s build; then p50 {e['p50_ms']:.3f} ms, recall@10 "
+              f"{e['recall_at_10']:.4f} at ef {result['tuned_setting']} ({e['queries']} queries)")
     for r in result["sweep"]:
         print(f"         {result['setting_name']} {r['setting']:>7,}: p50 {r['p50_ms']:8.3f} ms  p95 {r['p95_ms']:8.3f} ms"
               f"  recall@10 {r['recall_at_10']:.4f} ({r['queries']} queries)")
@@ -265,7 +316,8 @@ def bench_vectors(n: int, work: Path, args: argparse.Namespace, machine: str) ->
     print(f"embeddings: {emb_bytes:,} bytes ({gib(emb_bytes)})")
     trees = args.annoy_trees_large if n >= args.large else args.annoy_trees
     base = {"build_threads": args.build_threads, "budget_s": args.query_budget_s}
-    plan = [("hnsw", {**base, "m": args.hnsw_m, "ef_construction": args.hnsw_ef_construction}, args.hnsw_timeout),
+    plan = [("hnsw", {**base, "m": args.hnsw_m, "ef_construction": args.hnsw_ef_construction,
+                      "extend_rows": args.extend_rows}, args.hnsw_timeout),
             ("exact", base, args.hnsw_timeout),
             ("annoy", {**base, "n_trees": trees}, args.annoy_timeout)]
     verdict: dict[str, Any] = {}
@@ -350,6 +402,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--hnsw-ef-construction", type=int, default=None, help="default: IndexConfig's")
     parser.add_argument("--hnsw-variants", nargs="*", default=[],
                         help="extra HNSW builds to compare, e.g. storage=E4M3 m=8 chunk=8192 'storage=E4M3,m=24'")
+    parser.add_argument("--extend-rows", type=int, default=1000,
+                        help="rows the built HNSW index then grows by (what adding photos costs); 0: skip")
     parser.add_argument("--variants-max-n", type=int, default=100_000, help="variants only at sizes up to this")
     parser.add_argument("--query-budget-s", type=float, default=120.0,
                         help="seconds of queries per measured setting (at least 20 queries; the count is printed)")

@@ -181,3 +181,6 @@ def test_scale_benchmark_smoke_run_ends_with_a_json_verdict(tmp_path):
     if "error" not in sizes["annoy"]:
         assert sizes["annoy"]["build_rss_ratio"] > 0 and set(sizes["annoy"]["checks"]) == {"latency", "build_time",
                                                                                           "build_rss"}
+    grown = sizes["hnsw"]["grown"]  # the built HNSW index grown by new rows, as adding photos does
+    assert grown["rows"] == 1000 and grown["extend_s"] >= 0 and 0.0 <= grown["recall_at_10"] <= 1.0
+    assert "grown_recall" in sizes["hnsw"]["checks"]

@@ -388,15 +388,31 @@ def test_past_the_budget_an_hnsw_index_is_built_recorded_reused_and_rebuilt_on_u
         assert hits[0].name == reopened.entries[row].name and hits[0].score == pytest.approx(1.0, abs=1e-4)
     monkeypatch.undo()
     # adding photos writes a new generation with its own index over every row, consistent with exact search
-    make_photos(tmp_path / "p", 5, start=100)
+    make_photos(tmp_path / "p" / "a", 5, start=100)  # "a/photo_1xx" sorts before every old name
     updated, report = build_gallery([tmp_path / "p"], tmp_path / "c", tiny_encoder, index_cfg=budget)
     assert report.added == 5 and len(updated) == 45 and updated.backend == "hnsw"
     assert updated.generation_dir != gallery.generation_dir and (updated.generation_dir / "index.voy").is_file()
     assert len(updated._searcher) == 45
+    # only photos were added: the old rows keep their places and the old index grows by the 5 new rows
+    assert updated.manifest["index_extended"] == {"from": gallery.manifest["generation"], "added_rows": 5}
+    assert [e.name for e in updated.entries[:40]] == [e.name for e in gallery.entries]
+    assert updated.manifest["tuned_recall_at_10"] >= 0.95
     exact = Gallery.open(tmp_path / "c", tiny_encoder, IndexConfig(annoy_threshold=10**6))
     for row in range(45):
         q = exact.embeddings[row]
         assert [h.name for h in updated.search(q, 5)] == [h.name for h in exact.search(q, 5)]
+    # a removed photo is not an append: the index is built afresh over the name-sorted rows
+    removed = sorted((tmp_path / "p").glob("*.*"))[3]
+    removed.unlink()
+    rebuilt, report = build_gallery([tmp_path / "p"], tmp_path / "c", tiny_encoder, index_cfg=budget)
+    assert report.removed == 1 and len(rebuilt) == 44 and "index_extended" not in rebuilt.manifest
+    assert [e.name for e in rebuilt.entries] == sorted(e.name for e in rebuilt.entries)
+    assert len(rebuilt._searcher) == 44
+    # another graph degree cannot extend the old index: built afresh too
+    make_photos(tmp_path / "p", 2, start=200)
+    regrown, _ = build_gallery([tmp_path / "p"], tmp_path / "c", tiny_encoder,
+                               index_cfg=IndexConfig(min_annoy_items=10, latency_budget_ms=0.0, hnsw_m=8))
+    assert "index_extended" not in regrown.manifest and regrown.manifest["hnsw_m"] == 8 and len(regrown) == 46
 
 
 def test_a_lost_hnsw_index_file_is_refused(tmp_path, tiny_encoder):

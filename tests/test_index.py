@@ -184,6 +184,45 @@ def test_hnsw_recall_and_scores_against_exact(tmp_path):
     assert len(searcher.search(queries[0], 5000)[0]) == 3000
 
 
+def test_an_extended_hnsw_index_finds_old_and_new_rows_like_exact_search(tmp_path):
+    from zsdemo.store.index import HnswSearcher, build_hnsw, extend_hnsw
+
+    emb = clustered(3000, clusters=100)
+    np.save(tmp_path / "old.npy", emb[:2400])
+    np.save(tmp_path / "new.npy", emb)
+    cfg = IndexConfig(build_threads=1)
+    build_hnsw(tmp_path / "old.npy", tmp_path / "old.voy", cfg)
+    assert extend_hnsw(tmp_path / "old.voy", tmp_path / "new.npy", tmp_path / "new.voy", cfg) == 600
+    assert not list(tmp_path.glob(".*.tmp")), "no temporary file left behind"
+    assert len(HnswSearcher(tmp_path / "old.voy", cfg)) == 2400, "the previous index is left as it was"
+    extended = HnswSearcher(tmp_path / "new.voy", cfg)
+    assert len(extended) == 3000
+    queries = probe_queries(emb, 60, seed=7)
+    truth = exact_search_many(emb, queries, 10)
+    assert recall_at_k(extended, queries, truth, 64) >= 0.95
+    for row in (0, 2399, 2400, 2999):  # old rows and new rows keep their ids
+        assert extended.search(emb[row], 1)[0][0] == row
+
+
+def test_an_hnsw_index_that_does_not_prefix_the_matrix_is_not_extended(tmp_path):
+    from zsdemo.store.index import build_hnsw, extend_hnsw
+
+    emb = clustered(600, clusters=10)
+    np.save(tmp_path / "old.npy", emb[:500])
+    build_hnsw(tmp_path / "old.npy", tmp_path / "old.voy", IndexConfig(build_threads=1))
+    shuffled = emb[np.random.default_rng(0).permutation(600)]
+    np.save(tmp_path / "shuffled.npy", shuffled)
+    with pytest.raises(ValueError, match="differ"):
+        extend_hnsw(tmp_path / "old.voy", tmp_path / "shuffled.npy", tmp_path / "x.voy", IndexConfig(build_threads=1))
+    np.save(tmp_path / "new.npy", emb)
+    with pytest.raises(ValueError, match="efConstruction"):
+        extend_hnsw(tmp_path / "old.voy", tmp_path / "new.npy", tmp_path / "x.voy", IndexConfig(hnsw_m=8))
+    np.save(tmp_path / "fewer.npy", emb[:400])
+    with pytest.raises(ValueError, match="prefix"):
+        extend_hnsw(tmp_path / "old.voy", tmp_path / "fewer.npy", tmp_path / "x.voy", IndexConfig(build_threads=1))
+    assert not (tmp_path / "x.voy").exists() and not list(tmp_path.glob(".*.tmp"))
+
+
 def test_past_the_budget_hnsw_is_the_default_and_annoy_stays_selectable(monkeypatch):
     import zsdemo.store.index as index_module
 

@@ -22,7 +22,7 @@ from zsdemo.store.generation import (
     remove_unfinished,
     write_generation,
 )
-from zsdemo.store.index import IndexConfig
+from zsdemo.store.index import INDEX_FILES, IndexConfig
 from zsdemo.store.layout import (
     PhotoEncoder,
     PhotoEntry,
@@ -144,11 +144,28 @@ def _build_locked(sources: list[Path], cache_dir: Path, encoder: PhotoEncoder, p
     if not rows:
         raise CacheError(f"None of the {len(skipped)} photo files could be read, so there is nothing to search:\n"
                          + "\n".join(f"  {s.path}: {s.reason}" for s in skipped[:10]))
-    rows.sort(key=lambda r: r[0].name)  # stable: same order as before (reused first among equal names)
+    extend_from = extendable_index(cache_dir, old_manifest, plan)
+    if extend_from is not None:
+        # the old rows keep their places, the new ones follow: the old HNSW index grows by the new rows only
+        rows.sort(key=lambda r: (r[1] >= 0, r[2] if r[1] < 0 else 0, r[0].name))
+    else:
+        rows.sort(key=lambda r: r[0].name)  # stable: same order as before (reused first among equal names)
     manifest = write_generation(cache_dir, [r[0] for r in rows], gather_rows(rows, matrices, encoder.embed_dim),
-                                plan.sources, encoder, index_cfg, skipped)
+                                plan.sources, encoder, index_cfg, skipped, extend_from)
     collect_garbage(cache_dir, manifest)
     return Gallery(cache_dir, manifest, open_matrix(cache_dir / manifest["generation"]), index_cfg, locked=True), report
+
+
+def extendable_index(cache_dir: Path, manifest: dict | None, plan: UpdatePlan) -> Path | None:
+    """The live generation's HNSW index when this update only adds photos to it (every old row kept, none
+    changed, same model), so the new generation can extend it; else None (a full build)."""
+    if manifest is None or manifest.get("index") != "hnsw" or plan.stale_model or plan.remove:
+        return None
+    index_file = cache_dir / manifest["generation"] / INDEX_FILES["hnsw"]
+    kept = sorted(row for _, row in plan.reuse)
+    if kept != list(range(len(manifest["entries"]))) or not index_file.is_file():
+        return None
+    return index_file
 
 
 def _encode_new(plan: UpdatePlan, cache_dir: Path, encoder: PhotoEncoder, progress: ProgressFn | None,

@@ -24,6 +24,7 @@ from zsdemo.store.index import (
     build_index,
     choose_backend,
     estimate_exact_ms,
+    extend_hnsw,
     iter_row_chunks,
     measure_p50_ms,
     open_searcher,
@@ -78,9 +79,11 @@ def write_npy(path: Path, n: int, dim: int, chunks: Iterable[np.ndarray]) -> Non
 
 def write_generation(cache_dir: Path, entries: list[PhotoEntry], embeddings: np.ndarray | Iterable[np.ndarray],
                      sources: list[Path], encoder: PhotoEncoder, index_cfg: IndexConfig,
-                     skipped: list[SkippedFile]) -> dict[str, Any]:
+                     skipped: list[SkippedFile], extend_from: Path | None = None) -> dict[str, Any]:
     """Write a complete new generation, then switch CURRENT to it (the only step a reader can see).
     `embeddings`: the (N, D) matrix, or its rows as an iterable of chunks (streamed to disk as they come).
+    `extend_from`: the previous generation's HNSW index, whose rows are this matrix's first rows: when this
+    generation gets an HNSW index too, that one is extended by the new rows instead of built afresh.
     The index (exact, HNSW or Annoy) is chosen by a latency budget measured here (zsdemo.store.index.choose_backend);
     the approximate index's query setting (HNSW ef, Annoy search_k) is tuned on this gallery for the target recall. The caller holds the cache lock."""
     name = f"gen-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
@@ -99,7 +102,7 @@ def write_generation(cache_dir: Path, entries: list[PhotoEntry], embeddings: np.
         index_info["exact_ms_estimate"] = significant(estimate_exact_ms(len(entries), dim))
         index_info["latency_budget_ms"] = index_cfg.latency_budget_ms
     if backend in INDEX_FILES:
-        index_info.update(_build_and_tune(backend, generation, dim, index_cfg))
+        index_info.update(_build_and_tune(backend, generation, dim, index_cfg, extend_from))
         written.append(generation / INDEX_FILES[backend])
     manifest = {
         "version": CACHE_VERSION,
@@ -126,13 +129,20 @@ def write_generation(cache_dir: Path, entries: list[PhotoEntry], embeddings: np.
     return manifest
 
 
-def _build_and_tune(backend: str, generation: Path, dim: int, index_cfg: IndexConfig) -> dict[str, Any]:
-    """Build the approximate index of a generation, tune its query setting for the target recall and
-    measure its latency there: what the manifest records about it."""
+def _build_and_tune(backend: str, generation: Path, dim: int, index_cfg: IndexConfig,
+                    extend_from: Path | None = None) -> dict[str, Any]:
+    """Build (or extend) the approximate index of a generation, tune its query setting for the target recall
+    and measure its latency there: what the manifest records about it."""
     source = generation / "embeddings.npy"
     started = time.perf_counter()
-    build_index(backend, source, generation / INDEX_FILES[backend], index_cfg)
-    info: dict[str, Any] = {"index_build_s": round(time.perf_counter() - started, 2)}
+    info: dict[str, Any] = {}
+    added = _extend_previous(extend_from, source, generation / INDEX_FILES[backend], index_cfg) \
+        if backend == "hnsw" and extend_from is not None else None
+    if added is None:
+        build_index(backend, source, generation / INDEX_FILES[backend], index_cfg)
+    else:
+        info["index_extended"] = {"from": extend_from.parent.name, "added_rows": added}
+    info["index_build_s"] = round(time.perf_counter() - started, 2)
     searcher = open_searcher(backend, generation / INDEX_FILES[backend], dim, index_cfg)
     target = min(0.999, index_cfg.target_recall + index_cfg.tune_margin)
     try:
@@ -152,6 +162,15 @@ def _build_and_tune(backend: str, generation: Path, dim: int, index_cfg: IndexCo
     log.info("%s index: %s %d for recall@10 %.3f, p50 %.3g ms (built in %.0f s)", backend, "search_k" if
              backend == "annoy" else "ef", setting, recall, info["measured_p50_ms"], info["index_build_s"])
     return info
+
+
+def _extend_previous(base: Path, source: Path, path: Path, index_cfg: IndexConfig) -> int | None:
+    """extend_hnsw, or None (with the reason in the log) when the previous index cannot be extended."""
+    try:
+        return extend_hnsw(base, source, path, index_cfg)
+    except (ValueError, RuntimeError, OSError) as exc:
+        log.warning("building the HNSW index afresh: the previous one cannot be extended (%s)", exc)
+        return None
 
 
 def remove_unfinished(cache_dir: Path) -> None:

@@ -336,6 +336,48 @@ def build_hnsw(embeddings: np.ndarray | Path, path: Path, cfg: IndexConfig) -> N
         tmp.unlink(missing_ok=True)
 
 
+def extend_hnsw(base: Path, embeddings: Path, path: Path, cfg: IndexConfig) -> int:
+    """Write at `path` the HNSW index `base` extended by the rows of `embeddings` past the ones it holds: the
+    rows it holds must be the matrix's first rows, unchanged (the builder keeps them first, in their order).
+    HNSW is built by insertion anyway, so the graph is what a full build inserting the new rows last makes,
+    at the cost of the new rows only. Returns how many rows were added. ValueError when `base` does not fit
+    (other dimension, graph degree or efConstruction, more rows than the matrix); the caller builds afresh."""
+    from voyager import Index
+
+    path = Path(path)
+    n = source_rows(embeddings)
+    index: Any = Index.load(str(base))
+    start = int(index.num_elements)
+    if (int(index.M), int(index.ef_construction)) != (cfg.hnsw_m, cfg.hnsw_ef_construction):
+        raise ValueError(f"index built with M {index.M}, efConstruction {index.ef_construction}; "
+                         f"this build asks for {cfg.hnsw_m}, {cfg.hnsw_ef_construction}")
+    matrix = np.load(embeddings, mmap_mode="r")
+    if int(index.num_dimensions) != int(matrix.shape[1]) or not 0 < start <= n:
+        raise ValueError(f"index of {start} {index.num_dimensions}-d rows does not prefix this {n}-row matrix")
+    if sorted(index.ids) != list(range(start)):
+        raise ValueError("index ids are not the rows 0..n-1")
+    sample = np.unique(np.linspace(0, start - 1, 16).astype(np.int64))
+    if not np.allclose(np.asarray(index.get_vectors(sample.tolist())), matrix[sample], atol=1e-5):
+        raise ValueError("the index's rows differ from the matrix's first rows")
+    del matrix
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        index.resize(n)
+        row = 0
+        for chunk in iter_row_chunks(embeddings, HNSW_ADD_ROWS):
+            end = row + chunk.shape[0]
+            if end > start:
+                fresh = chunk[max(0, start - row):]
+                index.add_items(fresh, ids=list(range(max(row, start), end)), num_threads=cfg.build_threads)
+            row = end
+        index.save(str(tmp))
+        del index
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return n - start
+
+
 def source_rows(source: np.ndarray | Path) -> int:
     """Number of rows of a matrix or a .npy file (reads only the header)."""
     return int(source.shape[0]) if isinstance(source, np.ndarray) else int(np.load(source, mmap_mode="r").shape[0])
