@@ -359,19 +359,15 @@ def extend_hnsw(base: Path, embeddings: Path, path: Path, cfg: IndexConfig) -> i
     sample = np.unique(np.linspace(0, start - 1, 16).astype(np.int64))
     if not np.allclose(np.asarray(index.get_vectors(sample.tolist())), matrix[sample], atol=1e-5):
         raise ValueError("the index's rows differ from the matrix's first rows")
-    del matrix
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         index.resize(n)
-        row = 0
-        for chunk in iter_row_chunks(embeddings, HNSW_ADD_ROWS):
-            end = row + chunk.shape[0]
-            if end > start:
-                fresh = chunk[max(0, start - row):]
-                index.add_items(fresh, ids=list(range(max(row, start), end)), num_threads=cfg.build_threads)
-            row = end
+        for row in range(start, n, HNSW_ADD_ROWS):  # only the new rows are read: a writable copy of each chunk
+            end = min(n, row + HNSW_ADD_ROWS)
+            index.add_items(np.array(matrix[row:end], dtype=np.float32), ids=list(range(row, end)),
+                            num_threads=cfg.build_threads)
         index.save(str(tmp))
-        del index
+        del index, matrix
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
