@@ -102,13 +102,18 @@ INSTRUMENT_JS = r"""
     Z.joins.push(rec);
     const resp = await origFetch(input, init);
     rec.headers = performance.now();
-    resp.clone().json().then(j => {
+    // Timestamped when the page's own read of the body resolves: a clone() would tee the body, and the page would
+    // only be watched from when the clone's copy is read (measured: ~20 ms later than the page's own).
+    const ownJson = resp.json.bind(resp);
+    resp.json = async () => {
+      const j = await ownJson();
       rec.acked = performance.now();
       const [output, duration] = result(j);
       const m = {msg: 'process_completed', event_id: rec.event_id, output, success: true};
       Z.msgs.push({t: rec.acked, msg: m.msg, event_id: m.event_id, duration});
       Z.expectPaint(m, rec.acked);
-    }).catch(() => {});
+      return j;
+    };
     return resp;
   };
   window.fetch = async function(input, init) {
@@ -170,6 +175,12 @@ INSTRUMENT_JS = r"""
       const shown = imgs.map(i => (i.currentSrc || i.src).split('/').pop());
       if (e.status_t !== null && shown.join('|') === names.join('|') && imgs.every(i => i.complete && i.naturalWidth > 0)) {
         const loaded = performance.now();
+        // `loaded` is seen inside a frame's rAF callback: that frame paints it right after the callbacks, and a
+        // message posted from here arrives after that paint ("after paint", as INP polyfills time the next paint).
+        // `framed`, the next frame's rAF (one frame later), is the conservative figure the verdict uses.
+        const channel = new MessageChannel();
+        channel.port1.onmessage = () => { e.after_paint = performance.now(); };
+        channel.port2.postMessage(null);
         requestAnimationFrame(() => Z.paints.push({...e, loaded, framed: performance.now()}));
         return;
       }
@@ -279,6 +290,7 @@ def collect(z: dict[str, Any], fn_search: int, first: int) -> list[dict[str, flo
             "status_to_painted": paint["loaded"] - paint["status_t"],
             "painted_frame": paint["framed"] - paint["loaded"],
             "total": paint["framed"] - up,
+            "total_after_paint": paint.get("after_paint", float("nan")) - up,
         })
     return rows
 
@@ -292,7 +304,8 @@ SEGMENTS = [("up_to_join_sent", "pointer up -> join sent (page JS)"),
             ("done_to_status", "result event -> status line updated"),
             ("status_to_painted", "status -> thumbnails loaded (img complete)"),
             ("painted_frame", "thumbnails loaded -> next frame"),
-            ("total", "POINTER UP -> RESULTS PAINTED")]
+            ("total", "POINTER UP -> RESULTS PAINTED"),
+            ("total_after_paint", "  the same, to just after the frame that painted them")]
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -432,10 +445,13 @@ def segment_table(rows: list[dict[str, float]]) -> dict[str, Any]:
     figures["overhead_median"] = statistics.median(r["total"] - r["engine"] for r in rows)
     figures["overhead"] = total - engine
     figures["ratio"] = total / max(engine, 1e-6)
+    figures["overhead_after_paint"] = figures["total_after_paint"]["p50"] - engine
     print(f"\nstroke-to-results p50 {total:.0f} ms; the engine's own p50 {engine:.0f} ms (same strokes, inside the app); "
           f"page overhead (p50 minus p50) {figures['overhead']:.0f} ms (target <= {TARGET_OVERHEAD_MS:.0f}), ratio "
           f"{figures['ratio']:.2f} (target <= {TARGET_RATIO:.0f}); median of the per-stroke overheads "
           f"{figures['overhead_median']:.0f} ms")
+    print(f"timed to just after the frame that painted the results (not one frame later): p50 "
+          f"{figures['total_after_paint']['p50']:.0f} ms, overhead {figures['overhead_after_paint']:.0f} ms")
     return figures
 
 
@@ -466,7 +482,8 @@ def report(results: dict[str, tuple[list[dict[str, float]], dict]], args: argpar
     f = figures[first]
     ratio_met, overhead_met = f["ratio"] <= TARGET_RATIO, f["overhead"] <= TARGET_OVERHEAD_MS
     print(f"browser_over_engine_p50={f['ratio']:.2f} overhead_ms={f['overhead']:.0f} "
-          f"stroke_to_results_p50_ms={f['total']['p50']:.0f} engine_p50_ms={f['engine']['p50']:.0f} app={first} "
+          f"stroke_to_results_p50_ms={f['total']['p50']:.0f} engine_p50_ms={f['engine']['p50']:.0f} "
+          f"overhead_after_paint_ms={f['overhead_after_paint']:.0f} app={first} "
           f"load1={load[0]:.1f} threads={os.environ.get('OMP_NUM_THREADS', 'default')} cpu={verdict_cpu()} "
           f"ratio_met={'yes' if ratio_met else 'no'} overhead_met={'yes' if overhead_met else 'no'} "
           f"met={'yes' if ratio_met and overhead_met else 'no'}")
