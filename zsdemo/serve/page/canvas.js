@@ -1,6 +1,6 @@
 // The sketch canvas: strokes in, JSON value out (gr.HTML js_on_load; `element` and `props` come from Gradio).
 // Each finished stroke is searched through this component's server function (`server.stroke_search`) and shown by
-// the results view; setting `props.value` then makes Gradio fire .change (the page remembers the sketch). Settings:
+// the results view; setting `props.value` afterwards makes Gradio fire .change (the page remembers the sketch). Settings:
 // props.side (canvas pixels), props.brush (line width), props.max_points (the server's limit on points).
 const canvas = element.querySelector('canvas');
 const ctx = canvas.getContext('2d');
@@ -54,6 +54,26 @@ function settings() {
 // re-runs with new settings and "why this photo") without searching it again.
 let running = false;
 let latest = null;
+
+// Setting the value makes Gradio re-render this component and fire .change (a request of its own): main-thread work
+// that would delay the frame showing the results, and compete with its painting. So the sketch is remembered when
+// the browser is idle (the newest one, once), or at once when the person reaches for another control (a result, a
+// setting), so that what they ask for next sees this sketch.
+const whenIdle = window.requestIdleCallback ? (f) => requestIdleCallback(f, {timeout: 500})
+  : (f) => requestAnimationFrame(() => setTimeout(f, 0));
+let unremembered = null;
+function rememberNow() {
+  if (unremembered === null) return;
+  props.value = unremembered;
+  unremembered = null;
+}
+function remember(sketch) {
+  if (unremembered === null) whenIdle(rememberNow);
+  unremembered = sketch;
+}
+for (const type of ['pointerdown', 'keydown']) {
+  document.addEventListener(type, (e) => { if (!canvas.contains(e.target)) rememberNow(); }, true);
+}
 async function search(value) {
   latest = value;
   if (running) return;
@@ -69,7 +89,7 @@ async function search(value) {
         view = {status: '⚠️ The search did not answer; draw again in a moment.', preview: null, items: []};
       }
       if (window.__zsView) window.__zsView.show(view);
-      props.value = sketch;
+      remember(sketch);
     }
   } finally {
     running = false;
