@@ -316,10 +316,11 @@ def collect(z: dict[str, Any], fn_search: int, first: int) -> list[dict[str, flo
             continue
         fn_ms = 1000.0 * duration if duration is not None else float("nan")
         shown = presented(z["shown"], paint)
-        if shown != shown:  # a browser without Element Timing: the next frame after the one that had them all
+        timed = shown == shown
+        if not timed:  # a browser without Element Timing: the next frame after the one that had them all
             shown = paint["framed"]
         rows.append({
-            "stroke": i, "strokes_sent": join["strokes"],
+            "stroke": i, "strokes_sent": join["strokes"], "element_timing": timed,
             "up_to_join_sent": join["sent"] - up,
             "join_round_trip": join["acked"] - join["sent"],
             "queue_wait": starts - join["acked"],
@@ -491,6 +492,8 @@ def segment_table(rows: list[dict[str, float]]) -> dict[str, Any]:
           f"page overhead (p50 minus p50) {figures['overhead']:.0f} ms (target <= {TARGET_OVERHEAD_MS:.0f}), ratio "
           f"{figures['ratio']:.2f} (target <= {TARGET_RATIO:.0f}); median of the per-stroke overheads "
           f"{figures['overhead_median']:.0f} ms")
+    print(f"on screen from Element Timing for {sum(bool(r['element_timing']) for r in rows)} of {len(rows)} strokes "
+          "(the others: the next frame's start)")
     print(f"earlier marks of the same frame: the main thread's paint p50 {figures['total_after_paint']['p50']:.0f} ms "
           f"(overhead {figures['total_after_paint']['p50'] - engine:.0f} ms), the next frame's start p50 "
           f"{figures['total_next_frame']['p50']:.0f} ms (overhead {figures['total_next_frame']['p50'] - engine:.0f} ms)")

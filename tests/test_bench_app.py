@@ -8,6 +8,7 @@ locally; fails under CI=true, like tests/test_browser.py).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -42,9 +43,11 @@ def test_browser_benchmark_smoke_prints_the_breakdown_and_the_verdict_last(tmp_p
             pytest.fail(message)
         pytest.skip(message)
     out = run("browser.py", tmp_path)
-    for heading in ("p50 per segment", "pointer up -> join sent", "POINTER UP -> RESULTS PAINTED", "the engine's own p50",
-                    "page overhead (p50 minus p50)"):
+    for heading in ("p50 per segment", "pointer up -> join sent", "on screen (Element Timing)",
+                    "POINTER UP -> RESULTS ON SCREEN", "the engine's own p50", "page overhead (p50 minus p50)"):
         assert heading in out, heading
+    timed = re.search(r"on screen from Element Timing for (\d+) of (\d+) strokes", out)
+    assert timed and int(timed.group(1)) > 0, "the results' paint was not timed by the browser (Element Timing)"
     fields = verdict(out)
     assert {"browser_over_engine_p50", "overhead_ms", "stroke_to_results_p50_ms", "engine_p50_ms", "cpu"} <= set(fields)
     assert float(fields["browser_over_engine_p50"]) > 0 and fields["overhead_met"] in ("yes", "no")
