@@ -1,6 +1,6 @@
 // The sketch canvas: strokes in, JSON value out (gr.HTML js_on_load; `element` and `props` come from Gradio).
 // Each finished stroke is searched through this component's server function (`server.stroke_search`) and shown by
-// the results view; setting `props.value` afterwards makes Gradio fire .change (the page remembers the sketch). Settings:
+// the results view; setting `props.value` then makes Gradio fire .change (the page remembers the sketch). Settings:
 // props.side (canvas pixels), props.brush (line width), props.max_points (the server's limit on points).
 const canvas = element.querySelector('canvas');
 const ctx = canvas.getContext('2d');
