@@ -219,6 +219,13 @@ VARIANTS = {
 }
 
 
+def replaced(text: str, old: str, new: str) -> str:
+    """`text` with `old` replaced by `new`; a variant whose patch no longer applies stops instead of timing as-is."""
+    if old not in text:
+        raise SystemExit(f"--variant: {old!r} is no longer in the page's script; update the variant")
+    return text.replace(old, new)
+
+
 def serve_variant(variant: str, app_argv: list[str]) -> None:
     """Run app.main(app_argv) with the experimental change `variant` patched in (app.py is not edited)."""
     import app
@@ -228,7 +235,7 @@ def serve_variant(variant: str, app_argv: list[str]) -> None:
 
         def canvas_sets_its_value(name: str) -> str:
             text = page_file(name)
-            return text.replace("search(JSON.stringify(", "(props.value = JSON.stringify(") if name == "canvas.js" else text
+            return replaced(text, "search(JSON.stringify(", "(props.value = JSON.stringify(") if name == "canvas.js" else text
 
         def wire_stroke_event(c: Any, page: Any) -> None:
             wire(c, page)
@@ -241,7 +248,7 @@ def serve_variant(variant: str, app_argv: list[str]) -> None:
 
         def canvas_sets_its_value_at_once(name: str) -> str:
             text = page_file(name)
-            return text.replace("remember(sketch);", "props.value = sketch;") if name == "canvas.js" else text
+            return replaced(text, "remember(sketch);", "props.value = sketch;") if name == "canvas.js" else text
 
         app.page_file = canvas_sets_its_value_at_once
     app.main(app_argv)
@@ -527,8 +534,7 @@ def report(results: dict[str, tuple[list[dict[str, float]], dict]], args: argpar
     f = figures[first]
     ratio_met, overhead_met = f["ratio"] <= TARGET_RATIO, f["overhead"] <= TARGET_OVERHEAD_MS
     print(f"browser_over_engine_p50={f['ratio']:.2f} overhead_ms={f['overhead']:.0f} "
-          f"stroke_to_results_p50_ms={f['total']['p50']:.0f} engine_p50_ms={f['engine']['p50']:.0f} "
-          f"app={first} "
+          f"stroke_to_results_p50_ms={f['total']['p50']:.0f} engine_p50_ms={f['engine']['p50']:.0f} app={first} "
           f"load1={load[0]:.1f} threads={os.environ.get('OMP_NUM_THREADS', 'default')} cpu={verdict_cpu()} "
           f"ratio_met={'yes' if ratio_met else 'no'} overhead_met={'yes' if overhead_met else 'no'} "
           f"met={'yes' if ratio_met and overhead_met else 'no'}")
